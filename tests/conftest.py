@@ -1,0 +1,65 @@
+"""Shared test helpers: tiny in-process MiniMind models (no network, no downloads)."""
+
+import pytest
+import torch
+
+import minimind_hf  # noqa: F401  (registers the Auto classes)
+from minimind_hf import MiniMindConfig, MiniMindForCausalLM
+
+# STYLE.md's tiny test shape: hidden 64, 2 layers, 4 q / 2 kv heads, head_dim 32 (vLLM-CPU needs >= 32).
+TINY = {
+    "vocab_size": 6400,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "max_position_embeddings": 1024,
+}
+TINY_MOE = {**TINY, "num_experts": 4, "num_experts_per_tok": 2, "num_shared_experts": 1, "moe_intermediate_size": 64}
+
+VARIANTS = {
+    "dense": {},
+    "qk_norm": {"use_qk_norm": True, "rms_norm_eps": 1e-6},
+    "moe_shared": {"num_experts": 4, "num_experts_per_tok": 2, "num_shared_experts": 1, "moe_intermediate_size": 64},
+    "moe_top1": {
+        "num_experts": 4,
+        "num_experts_per_tok": 1,
+        "num_shared_experts": 0,
+        "moe_intermediate_size": 64,
+        "use_qk_norm": True,
+        "router_aux_loss_type": "switch",
+        "router_aux_loss_coef": 5e-4,
+    },
+}
+
+
+def tiny_config(variant: str = "dense", **overrides) -> MiniMindConfig:
+    return MiniMindConfig(**{**TINY, **VARIANTS[variant], **overrides})
+
+
+def tiny_model(variant: str = "dense", seed: int = 0, **overrides) -> MiniMindForCausalLM:
+    torch.manual_seed(seed)
+    return MiniMindForCausalLM(tiny_config(variant, **overrides)).eval()
+
+
+def briefly_trained(model: MiniMindForCausalLM, steps: int = 30, seq_len: int = 48, seed: int = 0):
+    """Train a few AdamW steps on a repeating token pattern so logits are far from tied (random weights give
+    near-uniform logits, which makes greedy and argmax comparisons flaky)."""
+    gen = torch.Generator().manual_seed(seed)
+    pattern = torch.randint(3, model.config.vocab_size, (16,), generator=gen)
+    data = pattern.repeat(seq_len // 16 + 1)[:seq_len].unsqueeze(0).repeat(4, 1)
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=data, labels=data).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+    return model.eval()
+
+
+@pytest.fixture(params=list(VARIANTS))
+def variant(request):
+    return request.param
