@@ -44,12 +44,16 @@ def tiny_model(variant: str = "dense", seed: int = 0, **overrides) -> MiniMindFo
     return MiniMindForCausalLM(tiny_config(variant, **overrides)).eval()
 
 
+def pattern_tokens(length: int, seed: int = 0, vocab_size: int = 6400) -> torch.Tensor:
+    """The repeating 16-token pattern `briefly_trained` teaches; a prefix of it is a prompt the model continues."""
+    pattern = torch.randint(3, vocab_size, (16,), generator=torch.Generator().manual_seed(seed))
+    return pattern.repeat(length // 16 + 1)[:length]
+
+
 def briefly_trained(model: MiniMindForCausalLM, steps: int = 30, seq_len: int = 48, seed: int = 0):
     """Train a few AdamW steps on a repeating token pattern so logits are far from tied (random weights give
     near-uniform logits, which makes greedy and argmax comparisons flaky)."""
-    gen = torch.Generator().manual_seed(seed)
-    pattern = torch.randint(3, model.config.vocab_size, (16,), generator=gen)
-    data = pattern.repeat(seq_len // 16 + 1)[:seq_len].unsqueeze(0).repeat(4, 1)
+    data = pattern_tokens(seq_len, seed, model.config.vocab_size).unsqueeze(0).repeat(4, 1)
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):

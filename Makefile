@@ -1,0 +1,31 @@
+# The command index. `make quickstart` and `make test` install what they need first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+OUT ?= outputs/quickstart
+
+.PHONY: install quickstart test test-slow test-engines engines style bench
+
+install:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+
+quickstart: install
+	$(PYTHON) -m minimind_hf.quickstart --output_dir $(OUT)
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-slow: install
+	$(PYTHON) -m pytest -q -m slow
+
+engines:
+	bash .ci/engines.sh
+
+test-engines: install engines
+	$(PYTHON) -m pytest -q -m "vllm or llamacpp"
+
+style:
+	ruff check . && ruff format --check .
+
+bench: install
+	$(PYTHON) benchmarks/moe_vs_dense.py --threads 1

@@ -1,0 +1,39 @@
+"""MiniMind's ChatML chat templates: the inference template and its training variant.
+
+Both render byte-identical text. The training variant wraps every assistant reply (reasoning block, content, tool
+calls, `<|im_end|>` and its newline, as upstream's loss mask) in `{% generation %}` markers, which is what
+`apply_chat_template(..., return_assistant_tokens_mask=True)` and TRL's `assistant_only_loss=True` need.
+
+Template kwargs: `default_system_prompt` (MiniMind2's "You are a helpful assistant" when the conversation has no
+system turn and no tools; `None` or `""` turns it off) and `enable_thinking` (alias `open_thinking`: `True` opens
+a `<think>` block after the generation prompt, `False` adds an empty closed one, unset adds nothing).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+CHAT_TEMPLATE_FILES = {"inference": "minimind.jinja", "training": "minimind_training.jinja"}
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
+
+
+def chat_template_path(variant: str = "inference") -> Path:
+    """Path of the shipped template file for `variant` (`"inference"` or `"training"`); usable as TRL's
+    `SFTConfig.chat_template_path`."""
+    if variant not in CHAT_TEMPLATE_FILES:
+        raise ValueError(f"unknown chat template variant {variant!r}; choose one of {sorted(CHAT_TEMPLATE_FILES)}")
+    return Path(str(resources.files("minimind_hf") / "assets" / "chat_templates" / CHAT_TEMPLATE_FILES[variant]))
+
+
+def get_chat_template(variant: str = "inference") -> str:
+    """The Jinja source of the inference or training template."""
+    return chat_template_path(variant).read_text(encoding="utf-8")
+
+
+def use_training_chat_template(tokenizer):
+    """Sets the training variant on `tokenizer` (in place) and returns it. Rendering is unchanged; only assistant masks
+    become available. Put the inference template back with `tokenizer.chat_template = get_chat_template()` before
+    saving if the checkpoint is meant for tools without `{% generation %}` support (llama.cpp, ollama)."""
+    tokenizer.chat_template = get_chat_template("training")
+    return tokenizer

@@ -1,0 +1,50 @@
+"""The embedded curriculum: a seeded, bilingual synthetic data set for every training stage, with held-out files and
+the scorers that later stages use to prove they worked.
+
+>>> from minimind_hf.curriculum import ensure_curriculum
+>>> paths = ensure_curriculum(seed=0)  # generated once into ~/.cache/minimind_hf/curriculum/<version>-<seed>
+>>> paths["sft"]["train"], paths["sft"]["eval"]
+
+See docs/data.md for the stages, splits, sizes and scoring rules.
+"""
+
+from .evaluation import (
+    SCORERS,
+    evaluate,
+    evaluate_model,
+    load_eval_records,
+    make_generate_fn,
+    normalize,
+    preference_accuracy,
+    score,
+)
+from .generator import CURRICULUM_VERSION, STAGES, default_cache_dir, ensure_curriculum, iter_curriculum_text, write_curriculum
+from .rewards import REWARD_FUNCS, get_reward_funcs
+from .tools import calculator, convert_units, execute_tool_call, make_tools, tool_schemas
+from .world import World, build_world
+
+__all__ = [
+    "CURRICULUM_VERSION",
+    "REWARD_FUNCS",
+    "SCORERS",
+    "STAGES",
+    "World",
+    "build_world",
+    "calculator",
+    "convert_units",
+    "default_cache_dir",
+    "ensure_curriculum",
+    "evaluate",
+    "evaluate_model",
+    "execute_tool_call",
+    "get_reward_funcs",
+    "iter_curriculum_text",
+    "load_eval_records",
+    "make_generate_fn",
+    "make_tools",
+    "normalize",
+    "preference_accuracy",
+    "score",
+    "tool_schemas",
+    "write_curriculum",
+]

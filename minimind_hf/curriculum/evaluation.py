@@ -1,0 +1,280 @@
+"""Scorers and evaluation helpers for the curriculum's held-out files.
+
+Scoring rules (all strings are normalised first: Unicode NFKC, case-folded, whitespace collapsed, punctuation
+stripped from both ends; `<think>` blocks are dropped and an `<answer>` block, when present, replaces the text):
+
+- `qa`, `arith`, `tool_answer`, `rl` (short answers): 1 if the expected answer is the whole completion or its final
+  span. Final span means the completion ends with the answer and the character before it is a boundary: for an
+  answer starting with a Latin letter or a digit that character must not be a letter or digit (nor `.`, `-`, `,`
+  before a number, so "-7" or "2.5" never pass for "7" or "5"); Chinese answers need no boundary (the world's
+  Chinese values are never suffixes of one another). Several expected answers (`gt`) pass if any passes.
+- `cloze`, `passkey` (raw-text continuation): the continuation up to its first sentence end must equal the answer.
+- `reasoning`: the `<answer>` block must exist and equal the expected answer.
+- `identity`: the completion contains the expected name or maker and none of the `forbidden` strings.
+- `tool_call`: the first `<tool_call>` holds JSON whose name equals the expected tool and whose arguments equal the
+  expected ones (strings compared normalised, numbers by value).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+_EDGE_PUNCT = ".,!?;:'\"()[]{}<>。，！？；：、“”‘’（）【】《》…「」"
+_NUMBER_GLUE = set("0123456789.-,")
+_SENTENCE_END = re.compile(r"[。！？\n]|[.!?](?=\s|$)")
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)(</answer>|$)", re.DOTALL)
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
+
+
+def normalize(text: str) -> str:
+    """NFKC, case-fold, collapse whitespace and strip punctuation from both ends."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = " ".join(text.split())
+    return text.strip(_EDGE_PUNCT + " ")
+
+
+def extract_answer(completion: str) -> str:
+    """The part of a completion that is scored: text before `<|im_end|>`, the `<answer>` block if any, otherwise the
+    text after the last think block."""
+    completion = completion.split("<|im_end|>")[0]
+    answers = _ANSWER.findall(completion)
+    if answers:
+        return answers[-1][0]
+    if "</think>" in completion:
+        return completion.rsplit("</think>", 1)[1]
+    return _THINK.sub("", completion)
+
+
+def final_span_match(completion: str, answer: str) -> bool:
+    """The short-answer rule: the normalised answer is the whole normalised completion or its final span."""
+    text, expected = normalize(completion), normalize(answer)
+    if not expected or not text.endswith(expected):
+        return False
+    if len(text) == len(expected):
+        return True
+    before = text[-len(expected) - 1]
+    head = expected[0]
+    if head.isdigit() or head == "-":
+        return before not in _NUMBER_GLUE
+    if head.isascii() and head.isalnum():
+        return not (before.isascii() and before.isalnum())
+    return True
+
+
+def score_short_answer(record: dict, completion: str) -> float:
+    expected = record.get("gt") or [record["answer"]]
+    text = extract_answer(completion)
+    return float(any(final_span_match(text, str(answer)) for answer in expected))
+
+
+def score_continuation(record: dict, completion: str) -> float:
+    first = _SENTENCE_END.split(completion.split("<|im_end|>")[0], maxsplit=1)[0]
+    return float(normalize(first) == normalize(record["answer"]) != "")
+
+
+def score_reasoning(record: dict, completion: str) -> float:
+    answers = _ANSWER.findall(completion.split("<|im_end|>")[0])
+    return float(bool(answers) and normalize(answers[-1][0]) == normalize(record["answer"]))
+
+
+def score_identity(record: dict, completion: str) -> float:
+    text = normalize(completion)
+    if any(normalize(bad) in text for bad in record.get("forbidden", [])):
+        return 0.0
+    return float(normalize(record["answer"]) in text)
+
+
+def _same_value(got, want) -> bool:
+    if isinstance(want, bool) or isinstance(got, bool):
+        return got == want
+    if isinstance(want, int | float):
+        try:
+            return math.isclose(float(got), float(want), rel_tol=1e-6)
+        except (TypeError, ValueError):
+            return False
+    return isinstance(got, str) and normalize(got) == normalize(str(want))
+
+
+def parse_tool_calls(completion: str) -> list[dict]:
+    """Every well-formed `<tool_call>` JSON object in a completion, as `{"name": ..., "arguments": {...}}`."""
+    calls = []
+    for body, _ in _TOOL_CALL.findall(completion):
+        try:
+            call = json.loads(body.strip())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(call, dict) and isinstance(call.get("name"), str):
+            arguments = call.get("arguments", {})
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except json.JSONDecodeError:
+                    continue
+            if isinstance(arguments, dict):
+                calls.append({"name": call["name"], "arguments": arguments})
+    return calls
+
+
+def score_tool_call(record: dict, completion: str) -> float:
+    calls = parse_tool_calls(completion.split("<|im_end|>")[0])
+    if not calls:
+        return 0.0
+    got, want = calls[0], record["tool_call"]
+    if got["name"] != want["name"] or set(got["arguments"]) != set(want["arguments"]):
+        return 0.0
+    return float(all(_same_value(got["arguments"][k], v) for k, v in want["arguments"].items()))
+
+
+SCORERS: dict[str, Callable[[dict, str], float]] = {
+    "qa": score_short_answer,
+    "arith": score_short_answer,
+    "tool_answer": score_short_answer,
+    "rl": score_short_answer,
+    "cloze": score_continuation,
+    "passkey": score_continuation,
+    "reasoning": score_reasoning,
+    "identity": score_identity,
+    "tool_call": score_tool_call,
+}
+
+
+def score(record: dict, completion: str) -> float:
+    """Scores one completion against one evaluation record with the scorer of `record["task"]` (1.0 or 0.0)."""
+    return SCORERS[record["task"]](record, completion)
+
+
+def load_eval_records(path: str | Path) -> list[dict]:
+    """Reads a curriculum evaluation file into generation-ready records.
+
+    Chat records get `prompt` (TRL-style messages up to, not including, the expected assistant turn) and `tools`
+    (list of JSON schemas or `None`); raw-text records (`cloze`, `passkey`) get `prompt` as a string. All other keys
+    (`answer`, `gt`, `task`, `split`, `lang`, ...) are kept. Preference records (DPO) are returned unchanged.
+    """
+    from ..data import conversation_to_messages
+
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if "chosen" in record:
+                records.append(record)
+                continue
+            if "text" in record:
+                record["prompt"] = record.pop("text")
+                records.append(record)
+                continue
+            messages, tools = conversation_to_messages(record.pop("conversations"))
+            if messages and messages[-1]["role"] == "assistant":
+                messages = messages[:-1]
+            record["prompt"], record["tools"] = messages, json.loads(tools) if tools else None
+            records.append(record)
+    return records
+
+
+def make_generate_fn(
+    model,
+    tokenizer,
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    add_bos_to_text: bool = True,
+    chat_template_kwargs: dict | None = None,
+) -> Callable[[Sequence[dict]], list[str]]:
+    """A batched greedy `model.generate` over evaluation records.
+
+    Chat prompts go through the tokenizer's chat template with the generation prompt; raw-text prompts are encoded
+    as is, after the BOS token when `add_bos_to_text` (matching upstream's `bos + text + eos` pretraining samples).
+    Prompts are left-padded; the decoded new tokens (special tokens skipped) are returned.
+    """
+    import torch
+
+    kwargs = chat_template_kwargs or {}
+
+    def render(record: dict) -> str:
+        prompt = record["prompt"]
+        if isinstance(prompt, str):
+            return (tokenizer.bos_token if add_bos_to_text else "") + prompt
+        return tokenizer.apply_chat_template(
+            prompt, tools=record.get("tools"), add_generation_prompt=True, tokenize=False, **kwargs
+        )
+
+    def generate(records: Sequence[dict]) -> list[str]:
+        completions = []
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            for start in range(0, len(records), batch_size):
+                texts = [render(r) for r in records[start : start + batch_size]]
+                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                with torch.no_grad():
+                    output = model.generate(
+                        **batch,
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id,
+                    )
+                new = output[:, batch["input_ids"].shape[1] :]
+                completions += tokenizer.batch_decode(new, skip_special_tokens=True)
+        finally:
+            tokenizer.padding_side = side
+        return completions
+
+    return generate
+
+
+def evaluate(records: Iterable[dict], generate_fn: Callable[[Sequence[dict]], list[str]]) -> dict[str, float]:
+    """Generates a completion per record and returns the mean score per `split` and over all records (`"all"`)."""
+    records = list(records)
+    completions = generate_fn(records)
+    if len(completions) != len(records):
+        raise ValueError(f"generate_fn returned {len(completions)} completions for {len(records)} records")
+    totals: dict[str, list[float]] = defaultdict(list)
+    for record, completion in zip(records, completions):
+        value = score(record, completion)
+        totals[record.get("split", "all")].append(value)
+        if record.get("split") is not None:
+            totals["all"].append(value)
+    return {split: sum(values) / len(values) for split, values in sorted(totals.items())}
+
+
+def evaluate_model(model, tokenizer, records: str | Path | Iterable[dict], **generate_kwargs) -> dict[str, float]:
+    """[`evaluate`] with [`make_generate_fn`]; `records` may be a curriculum evaluation file."""
+    if isinstance(records, str | Path):
+        records = load_eval_records(records)
+    return evaluate(records, make_generate_fn(model, tokenizer, **generate_kwargs))
+
+
+def preference_accuracy(model, tokenizer, records: str | Path | Iterable[dict]) -> dict[str, float]:
+    """Fraction of preference pairs whose chosen answer has a higher summed log-probability than the rejected one,
+    per `split` and overall (the DPO stage's held-out measure)."""
+    import torch
+
+    from ..data import dpo_record_to_columns
+
+    if isinstance(records, str | Path):
+        records = load_eval_records(records)
+    totals: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        columns = dpo_record_to_columns(record)
+        prompt = tokenizer.apply_chat_template(columns["prompt"], add_generation_prompt=True, tokenize=False)
+        scores = []
+        for key in ("chosen", "rejected"):
+            full = tokenizer.apply_chat_template(columns["prompt"] + columns[key], tokenize=False)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, :-1].float()
+            logprobs = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
+            scores.append(logprobs[len(prompt_ids) - 1 :].sum().item())
+        value = float(scores[0] > scores[1])
+        totals[record.get("split", "all")].append(value)
+        totals["all"].append(value)
+    return {split: sum(values) / len(values) for split, values in sorted(totals.items())}

@@ -1,0 +1,581 @@
+"""Writes the embedded curriculum: one folder per stage, each with a training file and a held-out evaluation file.
+
+Files use upstream MiniMind's JSONL formats, so the same readers serve upstream's real data. Evaluation records add
+flat metadata keys that the readers ignore: `task` (which scorer applies), `split`, `lang` and `answer` (the short
+expected answer). Every stage draws from its own `random.Random` seeded by (seed, stage), so the output is a pure
+function of the seed and one stage's size never shifts another stage's content.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from . import templates as T
+from .tools import format_number, make_tools, tool_schemas
+from .world import ATTRIBUTES, Entity, Name, World, build_world
+
+CURRICULUM_VERSION = "1"
+LANGS = ("en", "zh")
+
+# Pretraining mix, in documents. Sized for roughly 2M tokens with the shipped tokenizer (see docs/data.md).
+PRETRAIN_DOCS = {"bio": 16000, "story": 3000, "arith": 2500, "passkey": 800}
+ADD_RANGE = range(1, 21)
+MUL_RANGE = range(1, 10)
+ARITH_HELDOUT_FRACTION = 0.2
+MULTI_TURN_DIALOGUES = 800
+DPO_PAIRS = {"train": 2000, "eval": 200}
+RL_PROMPTS = {"train": 1200, "eval": 200}
+REASONING_TRACES = {"train": 2000, "eval": 200}
+TOOL_DIALOGUES = {"train": 1200, "eval": 100}
+# Passkey documents: filler sentences per document. Training documents stay inside a 256-token window; evaluation
+# documents are about 1x, 2x, 4x and 8x that window with the shipped tokenizer.
+PASSKEY_TRAIN_FILLER = (8, 24)
+PASSKEY_EVAL_FILLER = {"x1": 36, "x2": 80, "x4": 170, "x8": 345}
+PASSKEY_EVAL_PER_SPLIT = 25
+
+STAGES = ("pretrain", "sft", "dpo", "rl", "reasoning", "lora_identity", "passkey", "tools")
+
+
+def _dump(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False)
+
+
+def _user(content: str) -> dict:
+    return {"role": "user", "content": content}
+
+
+def _assistant(content: str, **extra) -> dict:
+    return {"role": "assistant", "content": content, **extra}
+
+
+def _values(entity: Entity, attribute: str, lang: str) -> dict[str, str]:
+    value = entity.facts[attribute][lang]
+    return {"s": entity.name[lang], "v": value, "a": T.article(value)}
+
+
+def statement(entity: Entity, attribute: str, lang: str, variant: int = 0) -> str:
+    """The `variant`-th prose statement of a fact; variant 0 is the canonical answer sentence."""
+    return T.fill(T.PROSE[(entity.kind, attribute)][lang][variant], **_values(entity, attribute, lang))
+
+
+def question(entity: Entity, attribute: str, lang: str, variant: int) -> str:
+    """The `variant`-th question about a fact."""
+    return T.fill(T.QUESTIONS[(entity.kind, attribute)][lang][variant], **_values(entity, attribute, lang))
+
+
+class Splits:
+    """Which facts SFT teaches and which are held out.
+
+    - `pretrain_only`: people (and their inventions) that never appear in any SFT, DPO, RL or tool record.
+    - `sft_entities`: one fact per remaining entity-attribute group is held out (the attribute rotates so every
+      attribute type is still taught on other entities); the entity itself appears in SFT with its other facts.
+    - `sft_taught`: everything else.
+    Arithmetic facts are split the same way: a fixed fraction is held out of every chat stage (`arith`).
+    """
+
+    def __init__(self, world: World, seed: int):
+        rng = random.Random(f"minimind-splits-{seed}")
+        self.taught: list[tuple[Entity, str]] = []
+        self.heldout: list[tuple[Entity, str]] = []
+        self.pretrain_only: list[tuple[Entity, str]] = []
+        counters: dict[str, int] = {}
+        for entity in world.entities:
+            attributes = ATTRIBUTES[entity.kind]
+            if entity.pretrain_only:
+                self.pretrain_only += [(entity, a) for a in attributes]
+                continue
+            index = counters.get(entity.kind, 0)
+            counters[entity.kind] = index + 1
+            if len(attributes) > 1:
+                held = attributes[index % len(attributes)]
+            else:
+                # single-attribute kinds (cities, countries): hold out every fourth entity's fact
+                held = attributes[0] if index % 4 == 3 else None
+            for attribute in attributes:
+                (self.heldout if attribute == held else self.taught).append((entity, attribute))
+        arith = [("+", x, y) for x in ADD_RANGE for y in ADD_RANGE] + [("×", x, y) for x in MUL_RANGE for y in MUL_RANGE]
+        rng.shuffle(arith)
+        cut = int(len(arith) * ARITH_HELDOUT_FRACTION)
+        self.arith_heldout, self.arith_taught = sorted(arith[:cut]), sorted(arith[cut:])
+        self.arith_all = sorted(arith)
+
+
+def _arith(op: str, x: int, y: int) -> int:
+    return x + y if op == "+" else x * y
+
+
+def arith_statement(op: str, x: int, y: int, lang: str) -> str:
+    table = T.ADD_PROSE if op == "+" else T.MUL_PROSE
+    return table[lang].format(x=x, y=y, z=_arith(op, x, y))
+
+
+def arith_question(op: str, x: int, y: int, lang: str, variant: int) -> str:
+    table = T.ADD_QUESTIONS if op == "+" else T.MUL_QUESTIONS
+    return table[lang][variant].format(x=x, y=y)
+
+
+def _passkey_text(rng: random.Random, lang: str, filler: int, key: str) -> tuple[str, str]:
+    """A passkey document cut right before the key's final mention: returns (prompt, full document)."""
+    spec = T.PASSKEY[lang]
+    sep = " " if lang == "en" else ""
+    before = rng.randint(0, filler)
+    sentences = [rng.choice(spec["filler"]) for _ in range(filler)]
+    body = [spec["intro"], *sentences[:before], spec["key"].format(k=key), *sentences[before:], spec["question"]]
+    prompt = sep.join(body)
+    return prompt, f"{prompt} {key}." if lang == "en" else f"{prompt}{key}。"
+
+
+def pretrain_records(world: World, splits: Splits, rng: random.Random) -> Iterator[dict]:
+    people = world.of_kind("person")
+    inventions = world.of_kind("invention")
+    find = {e.name.en: e for e in world.entities}
+    kinds = [k for k, n in PRETRAIN_DOCS.items() for _ in range(n)]
+    rng.shuffle(kinds)
+    for kind in kinds:
+        lang = rng.choice(LANGS)
+        sep = " " if lang == "en" else ""
+        if kind == "bio":
+            entity = rng.choice(world.entities)
+            facts = [(entity, a) for a in ATTRIBUTES[entity.kind]]
+            # related facts tie the graph together (a person's city's country, an inventor's job)
+            for _, attribute in list(facts):
+                value = find.get(entity.facts[attribute].en)
+                if value is not None and rng.random() < 0.5:
+                    extra = rng.choice(ATTRIBUTES[value.kind])
+                    facts.append((value, extra))
+            rng.shuffle(facts)
+            sentences = [statement(e, a, lang, rng.randrange(len(T.PROSE[(e.kind, a)][lang]))) for e, a in facts]
+            yield {"text": sep.join(sentences)}
+        elif kind == "story":
+            p1, p2 = rng.sample(people, 2)
+            invention = rng.choice(inventions)
+            c2 = p2.facts["city"]
+            values = {
+                "o": rng.choice(T.STORY_OPENINGS[lang]),
+                "p1": p1.name[lang],
+                "p2": p2.name[lang],
+                "c1": p1.facts["city"][lang],
+                "c2": c2[lang],
+                "k2": find[c2.en].facts["country"][lang],
+                "j1": p1.facts["job"][lang],
+                "j2": p2.facts["job"][lang],
+                "a1": T.article(p1.facts["job"][lang]),
+                "a2": T.article(p2.facts["job"][lang]),
+                "col1": p1.facts["colour"][lang],
+                "col2": p2.facts["colour"][lang],
+                "i": invention.name[lang],
+                "ip": invention.facts["inventor"][lang],
+                "iy": invention.facts["year"][lang],
+            }
+            yield {"text": rng.choice(T.STORIES[lang]).format(**values)}
+        elif kind == "arith":
+            problems = rng.sample(splits.arith_all, rng.randint(8, 16))
+            lines = [rng.choice(T.ARITH_INTRO[lang])] + [arith_statement(op, x, y, lang) for op, x, y in problems]
+            yield {"text": "\n".join(lines)}
+        else:
+            key = str(rng.randint(10000, 99999))
+            yield {"text": _passkey_text(rng, lang, rng.randint(*PASSKEY_TRAIN_FILLER), key)[1]}
+
+
+def pretrain_eval_records(splits: Splits) -> Iterator[dict]:
+    """Cloze prompts for the base model: a canonical statement cut before its value."""
+    groups = {"sft_taught": splits.taught, "sft_entities": splits.heldout, "pretrain_only": splits.pretrain_only}
+    for split, facts in groups.items():
+        for entity, attribute in facts:
+            for lang in LANGS:
+                full = statement(entity, attribute, lang)
+                value = entity.facts[attribute][lang]
+                prefix = full[: full.rindex(value)].rstrip()
+                yield {"text": prefix, "answer": value, "task": "cloze", "split": split, "lang": lang}
+    for op, x, y in splits.arith_heldout:
+        for lang in LANGS:
+            full = arith_statement(op, x, y, lang)
+            value = str(_arith(op, x, y))
+            prefix = full[: full.rindex(value)].rstrip()
+            yield {"text": prefix, "answer": value, "task": "cloze", "split": "arith", "lang": lang}
+
+
+def _identity_answer(rng: random.Random, identity: dict, kind: str, lang: str) -> str:
+    template = rng.choice(T.IDENTITY_ANSWERS[kind][lang])
+    return T.fill(template, name=identity["name"][lang], maker=identity["maker"][lang])
+
+
+def sft_records(world: World, splits: Splits, rng: random.Random) -> Iterator[dict]:
+    records = []
+    for entity, attribute in splits.taught:
+        for lang in LANGS:
+            for variant in range(len(T.QUESTIONS[(entity.kind, attribute)][lang])):
+                answer = statement(entity, attribute, lang)
+                records.append([_user(question(entity, attribute, lang, variant)), _assistant(answer)])
+    for op, x, y in splits.arith_taught:
+        for lang in LANGS:
+            variant = rng.randrange(3)
+            records.append([_user(arith_question(op, x, y, lang, variant)), _assistant(arith_statement(op, x, y, lang))])
+    for _ in range(MULTI_TURN_DIALOGUES):
+        lang = rng.choice(LANGS)
+        turns = []
+        for entity, attribute in rng.sample(splits.taught, rng.randint(2, 3)):
+            variant = rng.randrange(3)
+            turns += [_user(question(entity, attribute, lang, variant)), _assistant(statement(entity, attribute, lang))]
+        records.append(turns)
+    for kind, prompts in T.IDENTITY_PROMPTS.items():
+        for lang in LANGS:
+            for prompt in prompts[lang]:
+                records.append([_user(prompt), _assistant(_identity_answer(rng, T.BASE_IDENTITY, kind, lang))])
+    for lang in LANGS:
+        for prompt, answer in T.GREETINGS[lang]:
+            records += [[_user(prompt), _assistant(answer)]] * 4
+    rng.shuffle(records)
+    for conversations in records:
+        yield {"conversations": conversations}
+
+
+def _qa_eval(split: str, entity: Entity, attribute: str, lang: str, rng: random.Random) -> dict:
+    variant = rng.randrange(len(T.QUESTIONS[(entity.kind, attribute)][lang]))
+    conversations = [_user(question(entity, attribute, lang, variant)), _assistant(statement(entity, attribute, lang))]
+    answer = entity.facts[attribute][lang]
+    return {"conversations": conversations, "answer": answer, "task": "qa", "split": split, "lang": lang}
+
+
+def sft_eval_records(world: World, splits: Splits, rng: random.Random) -> Iterator[dict]:
+    for split, facts in (("sft_entities", splits.heldout), ("pretrain_only", splits.pretrain_only)):
+        for entity, attribute in facts:
+            for lang in LANGS:
+                yield _qa_eval(split, entity, attribute, lang, rng)
+    for op, x, y in splits.arith_heldout:
+        for lang in LANGS:
+            conversations = [_user(arith_question(op, x, y, lang, rng.randrange(3))), _assistant(arith_statement(op, x, y, lang))]
+            yield {"conversations": conversations, "answer": str(_arith(op, x, y)), "task": "arith", "split": "arith", "lang": lang}
+
+
+def _wrong_value(world: World, entity: Entity, attribute: str, lang: str, rng: random.Random) -> str:
+    pool = sorted({e.facts[attribute][lang] for e in world.of_kind(entity.kind)} - {entity.facts[attribute][lang]})
+    if attribute in ("age", "year"):
+        right = int(entity.facts[attribute][lang])
+        pool = [str(right + d) for d in (-3, -2, -1, 1, 2, 3)]
+    return rng.choice(pool)
+
+
+def dpo_records(world: World, splits: Splits, rng: random.Random, split: str, count: int) -> Iterator[dict]:
+    # Train and eval draw disjoint (fact, language, question) prompts from the SFT-taught facts.
+    prompts = [(e, a, lang, v) for e, a in splits.taught for lang in LANGS for v in range(3)]
+    random.Random(f"minimind-dpo-prompts-{world.seed}").shuffle(prompts)
+    cut = DPO_PAIRS["eval"]
+    pool = prompts[:cut] if split == "eval" else prompts[cut:]
+    for i in range(count):
+        entity, attribute, lang, variant = pool[i % len(pool)]
+        user = _user(question(entity, attribute, lang, variant))
+        chosen = statement(entity, attribute, lang)
+        if rng.random() < 0.5:
+            wrong = _wrong_value(world, entity, attribute, lang, rng)
+            fake = Entity(entity.kind, entity.name, {**entity.facts, attribute: Name(wrong, wrong)})
+            rejected, kind = statement(fake, attribute, lang), "wrong_fact"
+        else:
+            rejected, kind = rng.choice(T.EVASIVE[lang]), "evasive"
+        record = {"chosen": [user, _assistant(chosen)], "rejected": [user, _assistant(rejected)]}
+        if split == "eval":
+            record.update({"task": "preference", "split": kind, "lang": lang})
+        yield record
+
+
+def _rl_item(world: World, splits: Splits, rng: random.Random, split: str) -> dict:
+    lang = rng.choice(LANGS)
+    if rng.random() < 0.5:
+        op, x, y = rng.choice(splits.arith_heldout if split == "eval" else splits.arith_taught)
+        prompt, answer, task = arith_question(op, x, y, lang, rng.randrange(3)), str(_arith(op, x, y)), "arith"
+    else:
+        entity, attribute = rng.choice(splits.heldout if split == "eval" else splits.taught)
+        prompt, answer, task = question(entity, attribute, lang, rng.randrange(3)), entity.facts[attribute][lang], "qa"
+    record = {"conversations": [_user(prompt), _assistant("")], "gt": [answer], "task": task}
+    if split == "eval":
+        record.update({"split": task, "lang": lang})
+    return record
+
+
+def rl_records(world: World, splits: Splits, rng: random.Random, split: str, count: int) -> Iterator[dict]:
+    for _ in range(count):
+        yield _rl_item(world, splits, rng, split)
+
+
+def reasoning_problem(rng: random.Random) -> tuple[tuple[str, int, int, str, int], int]:
+    """A two-step problem `x op1 y op2 z` evaluated left to right (multiplication first where it appears first)."""
+    x, y, z = rng.randint(2, 9), rng.randint(2, 9), rng.randint(1, 20)
+    op1, op2 = rng.choice([("×", "+"), ("+", "+"), ("×", "-"), ("+", "-")])
+    first = x * y if op1 == "×" else x + y
+    result = first + z if op2 == "+" else first - z
+    return (op1, x, y, op2, z), result
+
+
+def reasoning_trace(problem: tuple[str, int, int, str, int], lang: str) -> tuple[str, str, int]:
+    """(question, assistant content in upstream's <think>/<answer> layout, result)."""
+    op1, x, y, op2, z = problem
+    first = x * y if op1 == "×" else x + y
+    result = first + z if op2 == "+" else first - z
+    expr = f"{x} {op1} {y} {op2} {z}"
+    steps = T.REASONING_STEPS[lang]
+    think = "\n".join(
+        [
+            steps["first"].format(x=x, op=op1, y=y, z=first),
+            steps["then"].format(x=first, op=op2, y=z, z=result),
+            steps["done"].format(z=result),
+        ]
+    )
+    return expr, f"<think>\n{think}\n</think>\n<answer>\n{result}\n</answer>", result
+
+
+def reasoning_records(rng: random.Random, split: str, count: int, seen: set) -> Iterator[dict]:
+    produced = 0
+    while produced < count:
+        problem, _ = reasoning_problem(rng)
+        # eval problems never occur in training: the training pass records what it used in `seen`
+        if split == "eval" and problem in seen:
+            continue
+        if split == "train":
+            seen.add(problem)
+        lang = rng.choice(LANGS)
+        expr, content, result = reasoning_trace(problem, lang)
+        prompt = rng.choice(T.REASONING_QUESTIONS[lang]).format(expr=expr)
+        record = {"conversations": [_user(prompt), _assistant(content)]}
+        if split == "eval":
+            record.update({"answer": str(result), "task": "reasoning", "split": "reasoning", "lang": lang})
+        produced += 1
+        yield record
+
+
+def identity_records(rng: random.Random, split: str) -> Iterator[dict]:
+    """LoRA identity set: the last three prompts of each list are held out for evaluation."""
+    for kind, prompts in T.IDENTITY_PROMPTS.items():
+        for lang in LANGS:
+            chosen = prompts[lang][-3:] if split == "eval" else prompts[lang][:-3]
+            for prompt in chosen:
+                repeats = 1 if split == "eval" else 4
+                for _ in range(repeats):
+                    answer = _identity_answer(rng, T.LORA_IDENTITY, kind, lang)
+                    record = {"conversations": [_user(prompt), _assistant(answer)]}
+                    if split == "eval":
+                        record.update(
+                            {
+                                "answer": T.LORA_IDENTITY[kind][lang],
+                                "forbidden": [T.BASE_IDENTITY["name"][lang], T.BASE_IDENTITY["maker"][lang]],
+                                "task": "identity",
+                                "split": kind,
+                                "lang": lang,
+                            }
+                        )
+                    yield record
+
+
+def passkey_eval_records(rng: random.Random) -> Iterator[dict]:
+    for split, filler in PASSKEY_EVAL_FILLER.items():
+        for i in range(PASSKEY_EVAL_PER_SPLIT * len(LANGS)):
+            lang = LANGS[i % len(LANGS)]
+            key = str(rng.randint(10000, 99999))
+            prompt, _ = _passkey_text(rng, lang, filler, key)
+            yield {"text": prompt, "answer": key, "task": "passkey", "split": split, "lang": lang}
+
+
+def _tool_call(name: str, arguments: dict) -> str:
+    return json.dumps([{"name": name, "arguments": arguments}], ensure_ascii=False)
+
+
+def tool_dialogue(world: World, splits: Splits, rng: random.Random, schemas: str, tools: dict, split: str) -> dict:
+    lang = rng.choice(LANGS)
+    kind = rng.choice(["calculator", "convert_units", "lookup"])
+    if kind == "calculator":
+        a, b = rng.randint(11, 99), rng.randint(11, 99)
+        op = rng.choice(["+", "-", "*"])
+        expr = f"{a} {op} {b}"
+        arguments = {"expression": expr}
+        result = tools["calculator"](expr)
+        user = rng.choice(T.TOOL_QUESTIONS[kind][lang]).format(expr=expr)
+        final = T.TOOL_ANSWERS[kind][lang].format(expr=expr, result=result)
+        answer = result
+    elif kind == "convert_units":
+        from_unit, to_unit = rng.choice([("km", "m"), ("m", "cm"), ("kg", "g"), ("l", "ml"), ("C", "F"), ("m", "km")])
+        value = rng.randint(1, 50)
+        arguments = {"value": value, "from_unit": from_unit, "to_unit": to_unit}
+        result = tools["convert_units"](value, from_unit, to_unit)
+        fmt = {"value": value, "from_unit": from_unit, "to_unit": to_unit}
+        user = rng.choice(T.TOOL_QUESTIONS[kind][lang]).format(**fmt)
+        final = T.TOOL_ANSWERS[kind][lang].format(result=result, **fmt)
+        answer = result
+    else:
+        entity, attribute = rng.choice(splits.heldout if split == "eval" else splits.taught)
+        arguments = {"entity": entity.name[lang], "attribute": attribute}
+        result = tools["lookup"](**arguments)
+        user = question(entity, attribute, lang, rng.randrange(3))
+        final = statement(entity, attribute, lang)
+        answer = result
+    conversations = [
+        {"role": "system", "content": T.TOOL_SYSTEM[lang], "tools": schemas},
+        _user(user),
+        _assistant("", tool_calls=_tool_call(kind, arguments)),
+        {"role": "tool", "content": result},
+        _assistant(final),
+    ]
+    return {"conversations": conversations, "tool": kind, "arguments": arguments, "answer": answer, "lang": lang}
+
+
+def tool_records(world: World, splits: Splits, rng: random.Random, split: str) -> Iterator[dict]:
+    tools = make_tools(world)
+    schemas = json.dumps(tool_schemas(tools), ensure_ascii=False)
+    for _ in range(TOOL_DIALOGUES[split]):
+        item = tool_dialogue(world, splits, rng, schemas, tools, split)
+        conversations = item["conversations"]
+        if split == "train":
+            yield {"conversations": conversations}
+            continue
+        call = {"name": item["tool"], "arguments": item["arguments"]}
+        yield {
+            "conversations": conversations[:3],
+            "tool_call": call,
+            "task": "tool_call",
+            "split": "tool_call",
+            "lang": item["lang"],
+        }
+        yield {
+            "conversations": conversations,
+            "answer": item["answer"],
+            "task": "tool_answer",
+            "split": "tool_answer",
+            "lang": item["lang"],
+        }
+
+
+def stage_files(world: World, seed: int) -> dict[str, dict[str, Iterable[dict]]]:
+    """Lazily generated records for every stage and file (`train`, `eval`)."""
+    splits = Splits(world, seed)
+
+    def rng(name: str) -> random.Random:
+        return random.Random(f"minimind-curriculum-{seed}-{name}")
+
+    seen_reasoning: set = set()
+    return {
+        "pretrain": {
+            "train": pretrain_records(world, splits, rng("pretrain")),
+            "eval": pretrain_eval_records(splits),
+        },
+        "sft": {
+            "train": sft_records(world, splits, rng("sft")),
+            "eval": sft_eval_records(world, splits, rng("sft-eval")),
+        },
+        "dpo": {
+            "train": dpo_records(world, splits, rng("dpo"), "train", DPO_PAIRS["train"]),
+            "eval": dpo_records(world, splits, rng("dpo-eval"), "eval", DPO_PAIRS["eval"]),
+        },
+        "rl": {
+            "train": rl_records(world, splits, rng("rl"), "train", RL_PROMPTS["train"]),
+            "eval": rl_records(world, splits, rng("rl-eval"), "eval", RL_PROMPTS["eval"]),
+        },
+        "reasoning": {
+            "train": reasoning_records(rng("reasoning"), "train", REASONING_TRACES["train"], seen_reasoning),
+            "eval": reasoning_records(rng("reasoning-eval"), "eval", REASONING_TRACES["eval"], seen_reasoning),
+        },
+        "lora_identity": {
+            "train": identity_records(rng("identity"), "train"),
+            "eval": identity_records(rng("identity-eval"), "eval"),
+        },
+        "passkey": {"eval": passkey_eval_records(rng("passkey-eval"))},
+        "tools": {
+            "train": tool_records(world, splits, rng("tools"), "train"),
+            "eval": tool_records(world, splits, rng("tools-eval"), "eval"),
+        },
+    }
+
+
+def write_curriculum(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, dict[str, Path]]:
+    """Generates every stage into `out_dir` (created; existing files are replaced) and returns the paths.
+
+    Files are written in order (train before eval, so held-out checks can see what training used), each to a temporary
+    name first and renamed when complete. A `manifest.json` lists version, seed, record counts and paths.
+    """
+    out = Path(out_dir)
+    world = build_world(seed)
+    paths: dict[str, dict[str, Path]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for stage, files in stage_files(world, seed).items():
+        (out / stage).mkdir(parents=True, exist_ok=True)
+        for name, records in files.items():
+            path = out / stage / f"{name}.jsonl"
+            tmp = path.with_suffix(".jsonl.tmp")
+            n = 0
+            with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+                for record in records:
+                    handle.write(_dump(record) + "\n")
+                    n += 1
+            os.replace(tmp, path)
+            paths.setdefault(stage, {})[name] = path
+            counts.setdefault(stage, {})[name] = n
+    manifest = {
+        "version": CURRICULUM_VERSION,
+        "seed": seed,
+        "counts": counts,
+        "files": {s: {n: str(p.relative_to(out)) for n, p in f.items()} for s, f in paths.items()},
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "manifest.json")
+    return paths
+
+
+def default_cache_dir() -> Path:
+    """`$MINIMIND_HF_CACHE/curriculum`, else `~/.cache/minimind_hf/curriculum`."""
+    root = os.environ.get("MINIMIND_HF_CACHE")
+    return Path(root) / "curriculum" if root else Path.home() / ".cache" / "minimind_hf" / "curriculum"
+
+
+def ensure_curriculum(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> dict[str, dict[str, Path]]:
+    """Returns the curriculum's file paths per stage and file, generating it on first use (a few seconds).
+
+    Args:
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            Parent folder; the curriculum lives in `<cache_dir>/<version>-<seed>`. Defaults to
+            [`default_cache_dir`] (`$MINIMIND_HF_CACHE/curriculum` or `~/.cache/minimind_hf/curriculum`).
+        seed (`int`, *optional*, defaults to 0):
+            World and sampling seed.
+
+    Returns:
+        `dict[str, dict[str, Path]]`: e.g. `paths["sft"]["train"]`, `paths["sft"]["eval"]`.
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / f"{CURRICULUM_VERSION}-{seed}"
+    manifest = target / "manifest.json"
+    if not manifest.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        # Generate beside the target and rename, so a crash or a concurrent caller never sees a half-written folder.
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+        try:
+            write_curriculum(staging, seed)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                if not manifest.exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    return {stage: {name: target / rel for name, rel in names.items()} for stage, names in files.items()}
+
+
+def iter_curriculum_text(paths: dict[str, dict[str, Path]], stages: Iterable[str] = STAGES) -> Iterator[str]:
+    """Every text of the curriculum's training files (pretraining text, message contents and tool calls), for tokenizer
+    training. Tool schemas are left out: the same JSON repeated in every tool dialogue would skew the merges."""
+    for stage in stages:
+        path = paths.get(stage, {}).get("train")
+        if path is None:
+            continue
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                record = json.loads(line)
+                if "text" in record:
+                    yield record["text"]
+                for key in ("conversations", "chosen", "rejected"):
+                    for message in record.get(key, []):
+                        parts = [message.get("content") or "", message.get("tool_calls") or ""]
+                        yield "\n".join(p for p in parts if p)
