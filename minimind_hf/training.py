@@ -1,0 +1,229 @@
+"""What every recipe shares: argument dataclasses, the YAML/CLI parser, model and tokenizer construction with the
+checks that must fail before anything is written, resuming, and the loss-curve plot.
+
+Recipes stay thin (parse, build, `trainer.train()`); training loops and losses belong to TRL and transformers.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.trainer_utils import get_last_checkpoint
+from trl import TrlParser
+
+from .configuration_minimind import PRESETS, MiniMindConfig
+from .modeling_minimind import MiniMindForCausalLM
+from .tokenization import load_tokenizer
+
+# Fields that fix a checkpoint's tensor shapes: a preset that disagrees on any of them cannot describe the checkpoint.
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "use_qk_norm",
+    "num_experts",
+)
+
+
+@dataclass
+class ModelArguments:
+    """Which model a recipe starts from."""
+
+    preset: str | None = field(
+        default=None,
+        metadata={"help": f"Build a fresh model of a named size: {', '.join(PRESETS)}."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Start from this checkpoint folder instead (its config must agree with `preset` if both)."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer folder. Defaults to the checkpoint's, else the tokenizer shipped in the package."
+        },
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Extra MiniMindConfig fields for a fresh model: a JSON object on the command line, a mapping in "
+            "YAML, e.g. '{\"hidden_dropout\": 0.1}'."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager, sdpa or flash_attention_2 (default: transformers' choice)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where a recipe's data comes from. Without files, the embedded curriculum's split for the stage is used."""
+
+    dataset_files: list[str] | None = field(
+        default=None, metadata={"help": "Training JSONL files in upstream MiniMind's format for this stage."}
+    )
+    eval_files: list[str] | None = field(default=None, metadata={"help": "Held-out JSONL files (optional)."})
+    curriculum_seed: int = field(default=0, metadata={"help": "Seed of the embedded curriculum."})
+    curriculum_dir: str | None = field(
+        default=None, metadata={"help": "Where the curriculum is generated (default: the package cache)."}
+    )
+
+
+class RecipeError(ValueError):
+    """A recipe's inputs are inconsistent; raised before any output is written."""
+
+
+def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None):
+    """defaults < YAML `--config` < command line, through TRL's parser. A missing or malformed config file, or a key no
+    argument dataclass knows, stops with one error naming the file (before TRL's own checks, which do not)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--config" in argv[:-1]:
+        config_path = Path(argv[argv.index("--config") + 1])
+        if not config_path.is_file():
+            raise RecipeError(f"{config_path}: config file not found")
+        try:
+            config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{config_path}: not valid YAML: {err}") from None
+        if not isinstance(config, dict):
+            raise RecipeError(f"{config_path}: must be a YAML mapping of argument names to values")
+        known = {f.name for t in dataclass_types for f in dataclasses.fields(t)} | {"env"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise RecipeError(f"{config_path}: unknown key(s) {', '.join(unknown)}")
+    return TrlParser(dataclass_types).parse_args_and_config(args=argv)
+
+
+def recipe_tokenizer(model_args: ModelArguments):
+    """The tokenizer named by the arguments, else the checkpoint's own, else the one shipped in the package."""
+    if model_args.tokenizer_name_or_path:
+        return load_tokenizer(model_args.tokenizer_name_or_path)
+    if model_args.model_name_or_path and (Path(model_args.model_name_or_path) / "tokenizer_config.json").exists():
+        return load_tokenizer(model_args.model_name_or_path)
+    return load_tokenizer()
+
+
+def check_preset_matches(preset: str, checkpoint: str) -> None:
+    """Refuse a preset that describes another architecture than the checkpoint it is paired with."""
+    expected = MiniMindConfig.from_preset(preset)
+    actual = AutoConfig.from_pretrained(checkpoint)
+    mismatched = [
+        f"{name} {getattr(expected, name, None)} (preset) vs {getattr(actual, name, None)} (checkpoint)"
+        for name in ARCHITECTURE_FIELDS
+        if getattr(expected, name, None) != getattr(actual, name, None)
+    ]
+    if mismatched:
+        raise RecipeError(f"preset {preset!r} does not match checkpoint {checkpoint}: " + "; ".join(mismatched))
+
+
+def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
+    """A fresh model from `preset` (+ `config_overrides`) or the checkpoint in `model_name_or_path`."""
+    if not model_args.preset and not model_args.model_name_or_path:
+        raise RecipeError("model: set `preset` (fresh model) or `model_name_or_path` (checkpoint)")
+    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    if model_args.model_name_or_path:
+        checkpoint = Path(model_args.model_name_or_path)
+        if not (checkpoint / "config.json").is_file():
+            raise RecipeError(f"model_name_or_path: {checkpoint} is not a model folder (no config.json)")
+        if model_args.preset:
+            check_preset_matches(model_args.preset, str(checkpoint))
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
+    else:
+        overrides = model_args.config_overrides or {}
+        if isinstance(overrides, str):
+            overrides = json.loads(overrides)
+        config = MiniMindConfig.from_preset(model_args.preset, **overrides)
+        if model_args.attn_implementation:
+            config._attn_implementation = model_args.attn_implementation
+        model = MiniMindForCausalLM(config)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise RecipeError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has only {vocab} rows")
+    return model
+
+
+def check_output_dir(training_args) -> str | None:
+    """The checkpoint to resume from, or None. A folder that already holds `checkpoint-*` folders is refused unless
+    the run resumes from them, so an earlier run's checkpoints are never silently mixed with a new one's."""
+    output_dir = Path(training_args.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    resume = training_args.resume_from_checkpoint
+    if resume in (True, "true", "True", "last"):
+        if last is None:
+            raise RecipeError(f"resume_from_checkpoint: no checkpoint-* folder in {output_dir}")
+        return last
+    if resume:
+        if not Path(resume).is_dir():
+            raise RecipeError(f"resume_from_checkpoint: {resume} does not exist")
+        return resume
+    if last is not None:
+        raise RecipeError(
+            f"output_dir: {output_dir} already holds {Path(last).name}; pass `--resume_from_checkpoint true` to "
+            "continue that run, or choose another folder"
+        )
+    return None
+
+
+def plot_loss_curve(log_history: list[dict], path: str | os.PathLike) -> Path | None:
+    """Draw training (and eval, and MoE aux) loss against the step from `trainer.state.log_history` to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for key in ("loss", "eval_loss", "aux_loss"):
+        points = [(e["step"], e[key]) for e in log_history if key in e and math.isfinite(e[key])]
+        if points:
+            series[key] = points
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, points in series.items():
+        ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def finish_run(trainer) -> dict:
+    """Save the final model, tokenizer, `trainer_state.json` (the log history) and the loss curve; return the run's
+    final training metrics."""
+    trainer.save_model()
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        plot_loss_curve(trainer.state.log_history, Path(trainer.args.output_dir) / "loss_curve.png")
+    train_logs = [e for e in trainer.state.log_history if "train_loss" in e]
+    return train_logs[-1] if train_logs else {}
+
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "RecipeError",
+    "build_model",
+    "check_output_dir",
+    "check_preset_matches",
+    "finish_run",
+    "parse_recipe_args",
+    "plot_loss_curve",
+    "recipe_tokenizer",
+]

@@ -1,0 +1,75 @@
+"""Pretrain MiniMind from scratch (or continue pretraining) on raw text with TRL's SFTTrainer.
+
+Each document is `<|im_start|> text <|im_end|>`, as upstream trains. Documents are packed best-fit-decreasing into
+rows of `max_length` tokens (no padding waste, unlike upstream's padded batches); position_ids restart at every
+document, which keeps documents from attending to each other (see `minimind_hf/packing.py`). With
+`attn_implementation: flash_attention_2` on a GPU, `packing: true` hands packing to TRL's padding-free path instead.
+
+    accelerate launch --config_file accelerate_configs/single_process.yaml recipes/pretrain.py \
+        --config recipes/minimind2-small/pretrain.yaml
+    # CPU smoke run on the embedded curriculum:
+    python recipes/pretrain.py --config recipes/tiny/pretrain.yaml --max_steps 5 --output_dir /tmp/pretrain-smoke
+"""
+
+from dataclasses import dataclass
+
+from trl import SFTConfig, SFTTrainer
+
+from minimind_hf.curriculum import ensure_curriculum
+from minimind_hf.data import load_pretrain_dataset
+from minimind_hf.packing import PackedCollator, tokenize_and_pack
+from minimind_hf.training import (
+    DataArguments,
+    ModelArguments,
+    build_model,
+    check_output_dir,
+    finish_run,
+    parse_recipe_args,
+    recipe_tokenizer,
+)
+
+
+@dataclass
+class PretrainDataArguments(DataArguments):
+    """Pretraining text: upstream `{"text": ...}` JSONL (e.g. pretrain_hq.jsonl) or the curriculum's prose."""
+
+
+def main(data_args: PretrainDataArguments, training_args: SFTConfig, model_args: ModelArguments) -> dict:
+    resume_from = check_output_dir(training_args)
+    tokenizer = recipe_tokenizer(model_args)
+    if data_args.dataset_files:
+        train_files, eval_files = data_args.dataset_files, data_args.eval_files
+    else:
+        paths = ensure_curriculum(data_args.curriculum_dir, seed=data_args.curriculum_seed)["pretrain"]
+        train_files, eval_files = [paths["train"]], data_args.eval_files
+    # Validates every line before any training starts.
+    train_dataset = load_pretrain_dataset(train_files, bos_token=tokenizer.bos_token)
+    eval_dataset = load_pretrain_dataset(eval_files, bos_token=tokenizer.bos_token) if eval_files else None
+    model = build_model(model_args, tokenizer)
+
+    collator = None
+    if not training_args.packing:
+
+        def pack(dataset):
+            return tokenize_and_pack(
+                dataset, tokenizer, training_args.max_length, num_proc=training_args.dataset_num_proc
+            )
+
+        train_dataset = pack(train_dataset)
+        eval_dataset = pack(eval_dataset) if eval_dataset is not None else None
+        training_args.dataset_kwargs = {"skip_prepare_dataset": True}
+        collator = PackedCollator(pad_token_id=tokenizer.pad_token_id)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collator,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    return finish_run(trainer)
+
+
+if __name__ == "__main__":
+    main(*parse_recipe_args((PretrainDataArguments, SFTConfig, ModelArguments)))

@@ -1,0 +1,77 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: loss on the assistant turns only (all of them, each through its
+`<|im_end|>`), multi-turn, tool calls and think blocks, with upstream's augmentations as seeded `dataset.map` steps.
+
+    accelerate launch --config_file accelerate_configs/single_process.yaml recipes/sft.py \
+        --config recipes/minimind2-small/sft.yaml
+    # CPU smoke run on the embedded curriculum, from a pretraining output:
+    python recipes/sft.py --config recipes/tiny/sft.yaml --model_name_or_path outputs/tiny/pretrain \
+        --max_steps 5 --output_dir /tmp/sft-smoke
+"""
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig, SFTTrainer
+
+from minimind_hf.chat_templates import get_chat_template, use_training_chat_template
+from minimind_hf.curriculum import ensure_curriculum
+from minimind_hf.data import add_random_system_prompt, load_sft_dataset, strip_empty_think
+from minimind_hf.training import (
+    DataArguments,
+    ModelArguments,
+    build_model,
+    check_output_dir,
+    finish_run,
+    parse_recipe_args,
+    recipe_tokenizer,
+)
+
+
+@dataclass
+class SFTDataArguments(DataArguments):
+    """Conversations in upstream's SFT format (e.g. sft_mini_512.jsonl) or the curriculum's dialogues."""
+
+    random_system_prompt_p: float = field(
+        default=0.2, metadata={"help": "Probability of prepending a random system prompt (upstream: 0.2)."}
+    )
+    strip_empty_think_p: float = field(
+        default=0.95, metadata={"help": "Probability of dropping an empty think block (MiniMind2: 0.95)."}
+    )
+    augmentation_seed: int = field(default=0, metadata={"help": "Seed of the augmentation maps."})
+    curriculum_stage: str = field(default="sft", metadata={"help": "Curriculum stage used when no files are given."})
+
+
+def load_datasets(data_args: SFTDataArguments):
+    if data_args.dataset_files:
+        train_files, eval_files = data_args.dataset_files, data_args.eval_files
+    else:
+        paths = ensure_curriculum(data_args.curriculum_dir, seed=data_args.curriculum_seed)[data_args.curriculum_stage]
+        train_files, eval_files = [paths["train"]], data_args.eval_files
+    train = load_sft_dataset(train_files)
+    train = add_random_system_prompt(train, p=data_args.random_system_prompt_p, seed=data_args.augmentation_seed)
+    train = strip_empty_think(train, p=data_args.strip_empty_think_p, seed=data_args.augmentation_seed)
+    return train, load_sft_dataset(eval_files) if eval_files else None
+
+
+def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: ModelArguments) -> dict:
+    resume_from = check_output_dir(training_args)
+    tokenizer = recipe_tokenizer(model_args)
+    train_dataset, eval_dataset = load_datasets(data_args)
+    model = build_model(model_args, tokenizer)
+
+    # The training template renders the same text but marks assistant spans for `assistant_only_loss`.
+    inference_template = tokenizer.chat_template or get_chat_template()
+    use_training_chat_template(tokenizer)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    tokenizer.chat_template = inference_template
+    return finish_run(trainer)
+
+
+if __name__ == "__main__":
+    main(*parse_recipe_args((SFTDataArguments, SFTConfig, ModelArguments)))

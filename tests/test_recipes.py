@@ -1,0 +1,229 @@
+"""The pretrain and SFT recipes: every shipped YAML parses, each recipe trains a few steps with falling loss, bad
+input stops before anything is written, runs resume, MoE aux loss is logged, packing isolates documents."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from minimind_hf.packing import PackedCollator, tokenize_and_pack
+from minimind_hf.tokenization import load_tokenizer
+from minimind_hf.training import RecipeError, parse_recipe_args
+from tests.conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import pretrain  # noqa: E402
+import sft  # noqa: E402
+
+RECIPE_TYPES = {
+    "pretrain": (pretrain.PretrainDataArguments, pretrain.SFTConfig, pretrain.ModelArguments),
+    "sft": (sft.SFTDataArguments, sft.SFTConfig, sft.ModelArguments),
+}
+SMALL = json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "head_dim": 32, "intermediate_size": 128})
+FAST = ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--per_device_train_batch_size", "4"]
+
+
+def shipped_yamls():
+    for path in sorted((ROOT / "recipes").glob("*/*.yaml")):
+        if path.stem in RECIPE_TYPES:
+            yield pytest.param(path, id=f"{path.parent.name}/{path.name}")
+
+
+@pytest.mark.parametrize("path", shipped_yamls())
+def test_every_shipped_yaml_parses_with_its_recipe(path):
+    data_args, training_args, model_args = parse_recipe_args(RECIPE_TYPES[path.stem], ["--config", str(path)])
+    raw = yaml.safe_load(path.read_text())
+    assert training_args.output_dir == raw["output_dir"]
+    assert bool(model_args.preset) != bool(model_args.model_name_or_path) or path.stem == "pretrain"
+    if path.stem == "sft":
+        assert training_args.assistant_only_loss
+
+
+def test_unknown_yaml_key_names_the_file(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("preset: tiny\noutput_dir: x\nlearning_rat: 1.0e-3\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml.*learning_rat"):
+        parse_recipe_args(RECIPE_TYPES["pretrain"], ["--config", str(config)])
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    names = ["Alice", "Bob", "Chen Wei", "Dana", "Emil", "Farah", "Gao Lin", "Hana"]
+    cities = ["Lumen", "Varo", "Kestrel", "Orin"]
+    text = [
+        {"text": f"{n} lives in {cities[i % 4]}. {n} works as a baker in {cities[i % 4]}. {n}住在{cities[i % 4]}。"}
+        for i, n in enumerate(names * 4)
+    ]
+    sft_records = [
+        {
+            "conversations": [
+                {"role": "user", "content": f"Where does {n} live?"},
+                {"role": "assistant", "content": cities[i % 4]},
+                {"role": "user", "content": f"And what is {n}'s job?"},
+                {"role": "assistant", "content": "A baker."},
+            ]
+        }
+        for i, n in enumerate(names * 4)
+    ]
+    return {
+        "pretrain": write_jsonl(root / "pretrain.jsonl", text),
+        "sft": write_jsonl(root / "sft.jsonl", sft_records),
+    }
+
+
+def run(stage, argv):
+    return {"pretrain": pretrain, "sft": sft}[stage].main(*parse_recipe_args(RECIPE_TYPES[stage], argv))
+
+
+def log_history(output_dir):
+    return json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+
+
+def logged_losses(output_dir):
+    return [e["loss"] for e in log_history(output_dir) if "loss" in e]
+
+
+def pretrain_argv(small_data, out, *extra):
+    return [
+        "--config", str(ROOT / "recipes/tiny/pretrain.yaml"),
+        "--dataset_files", str(small_data["pretrain"]),
+        "--config_overrides", SMALL,
+        "--output_dir", str(out),
+        "--max_steps", "8",
+        "--learning_rate", "5e-3",
+        "--max_length", "64",
+        *FAST,
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    metrics = run("pretrain", pretrain_argv(small_data, out))
+    return out, metrics
+
+
+def test_pretrain_trains_and_loss_falls(pretrained):
+    out, metrics = pretrained
+    steps = logged_losses(out)
+    assert len(steps) == 8 and steps[-1] < steps[0] - 1.0, steps
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "loss_curve.png", "modeling_minimind.py"):
+        assert (out / name).exists(), name
+    assert metrics["train_loss"] > 0
+
+
+def test_pretrained_parameters_changed(pretrained):
+    out, _ = pretrained
+    from transformers import AutoModelForCausalLM
+
+    from minimind_hf import MiniMindConfig, MiniMindForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    torch.manual_seed(42)
+    fresh = MiniMindForCausalLM(MiniMindConfig.from_preset("tiny", **json.loads(SMALL)))
+    assert trained.config.hidden_size == 64
+    changed = [n for n, p in trained.named_parameters() if not torch.allclose(p, dict(fresh.named_parameters())[n])]
+    assert len(changed) == len(list(trained.parameters()))
+
+
+def test_sft_trains_on_assistant_tokens_and_loss_falls(pretrained, small_data, tmp_path):
+    pretrain_dir, _ = pretrained
+    out = tmp_path / "sft"
+    argv = [
+        "--config", str(ROOT / "recipes/tiny/sft.yaml"),
+        "--model_name_or_path", str(pretrain_dir),
+        "--dataset_files", str(small_data["sft"]),
+        "--output_dir", str(out),
+        "--max_steps", "8",
+        "--learning_rate", "5e-3",
+        *FAST,
+    ]  # fmt: skip
+    run("sft", argv)
+    steps = logged_losses(out)
+    assert steps[-1] < steps[0], steps
+    # The saved tokenizer carries the inference template, not the training variant with generation markers.
+    assert "{% generation %}" not in (out / "chat_template.jinja").read_text()
+
+
+def test_moe_aux_loss_is_logged(small_data, tmp_path):
+    out = tmp_path / "moe"
+    argv = pretrain_argv(small_data, out, "--preset", "tiny-moe", "--max_steps", "3")
+    run("pretrain", argv)
+    steps = [e for e in log_history(out) if "loss" in e]
+    assert steps and all(e["aux_loss"] > 0 for e in steps)
+
+
+def test_resume_continues_from_the_last_checkpoint(small_data, tmp_path):
+    out = tmp_path / "resume"
+    base = pretrain_argv(small_data, out, "--save_strategy", "steps", "--save_steps", "2")
+    run("pretrain", [*base, "--max_steps", "4"])
+    assert (out / "checkpoint-4").is_dir()
+    with pytest.raises(RecipeError, match="checkpoint-4"):
+        run("pretrain", [*base, "--max_steps", "6"])
+    run("pretrain", [*base, "--max_steps", "6", "--resume_from_checkpoint", "true"])
+    assert [e["step"] for e in log_history(out) if "loss" in e][-2:] == [5, 6]
+
+
+def test_tensorboard_reporting_writes_events(small_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    run("pretrain", [*pretrain_argv(small_data, out, "--max_steps", "2"), "--report_to", "tensorboard"])
+    assert list(out.rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset_files", "/nonexistent/pretrain.jsonl"], "pretrain.jsonl"),
+        (["--preset", "minimind2-small", "--model_name_or_path", "PRETRAINED"], "hidden_size"),
+    ],
+)
+def test_bad_input_stops_before_writing(small_data, pretrained, tmp_path, extra, message):
+    out = tmp_path / "never"
+    extra = [str(pretrained[0]) if x == "PRETRAINED" else x for x in extra]
+    with pytest.raises((RecipeError, FileNotFoundError, ValueError), match=message):
+        run("pretrain", pretrain_argv(small_data, out, *extra))
+    assert not out.exists()
+
+
+def test_malformed_jsonl_line_stops_before_writing(small_data, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 3}\n', encoding="utf-8")
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"bad\.jsonl.*2.*text"):
+        run("pretrain", pretrain_argv(small_data, out, "--dataset_files", str(bad)))
+    assert not out.exists()
+
+
+def test_packed_rows_through_the_model_equal_separate_documents(small_data):
+    from minimind_hf.data import load_pretrain_dataset
+
+    tokenizer = load_tokenizer()
+    dataset = load_pretrain_dataset([small_data["pretrain"]], bos_token=tokenizer.bos_token).select(range(6))
+    packed = tokenize_and_pack(dataset, tokenizer, max_length=64)
+    batch = PackedCollator(pad_token_id=tokenizer.pad_token_id)([packed[i] for i in range(len(packed))])
+    assert "attention_mask" not in batch and batch["input_ids"].shape[1] <= 64
+    model = tiny_model()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    row, start = 0, 0
+    for length in packed[0]["seq_lengths"]:
+        doc = batch["input_ids"][row : row + 1, start : start + length]
+        with torch.no_grad():
+            alone = model(doc).logits
+        assert (logits[row, start : start + length] - alone[0]).abs().max() < 1e-5
+        assert (batch["labels"][row, start] == -100) and (batch["labels"][row, start + 1 : start + length] >= 0).all()
+        start += length
+    assert (batch["labels"][batch["input_ids"] == tokenizer.pad_token_id] == -100).all()
