@@ -115,7 +115,9 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLik
         config_path = Path(staging) / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config.update({"add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False})
-        config_path.write_text(json.dumps(config, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        config_path.write_text(
+            json.dumps(config, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         for name in os.listdir(staging):
             os.replace(Path(staging) / name, out / name)
     return out
@@ -210,4 +212,3 @@ def compression(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> dic
         bucket[0] += len(text)
         bucket[1] += len(tokenizer(text, add_special_tokens=False)["input_ids"])
     return {lang: round(chars / tokens, 3) for lang, (chars, tokens) in counts.items() if tokens}
-

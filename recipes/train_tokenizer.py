@@ -34,21 +34,28 @@ logger = logging.getLogger(__name__)
 class TokenizerArguments:
     """Arguments of the tokenizer recipe."""
 
-    output_dir: str = field(metadata={"help": "Folder to write tokenizer.json, tokenizer_config.json and the chat template to."})
+    output_dir: str = field(
+        metadata={"help": "Folder to write tokenizer.json, tokenizer_config.json and the chat template to."}
+    )
     vocab_size: int = field(default=DEFAULT_VOCAB_SIZE, metadata={"help": "Vocabulary size, special tokens included."})
     reserved_tokens: bool = field(
-        default=True, metadata={"help": "Add minimind-3's reserved single tokens (<tool_call> ... </think>) at ids 3-8."}
+        default=True,
+        metadata={"help": "Add minimind-3's reserved single tokens (<tool_call> ... </think>) at ids 3-8."},
     )
     min_frequency: int = field(default=2, metadata={"help": "Minimum pair frequency for a BPE merge."})
     curriculum_seed: int | None = field(
-        default=0, metadata={"help": "Seed of the embedded curriculum whose training text is included; null leaves it out."}
+        default=0,
+        metadata={"help": "Seed of the embedded curriculum whose training text is included; null leaves it out."},
     )
     text_files: list[str] = field(
         default_factory=list,
-        metadata={"help": "Extra text files (.txt, .md, .html, .jsonl, optionally .gz); each file's tail is held out."},
+        metadata={
+            "help": "Extra text files (.txt, .md, .html, .jsonl, optionally .gz); each file's tail is held out."
+        },
     )
     text_repeats: int = field(
-        default=1, metadata={"help": "How many times the extra text files are fed, to weigh real prose against the curriculum."}
+        default=1,
+        metadata={"help": "How many times the extra text files are fed, to weigh real prose against the curriculum."},
     )
     heldout_fraction: float = field(default=0.1, metadata={"help": "Fraction of each text file kept out of training."})
 
@@ -72,7 +79,9 @@ def main(args: TokenizerArguments) -> dict[str, dict[str, float]]:
         report["text_files_heldout"] = compression(tokenizer, iter_text_files(files, "heldout", args.heldout_fraction))
     if curriculum:
         report["curriculum_eval"] = compression(tokenizer, iter_text_files([curriculum["sft"]["eval"]], "all"))
-    print(json.dumps({"output_dir": args.output_dir, "vocab_size": len(tokenizer), "chars_per_token": report}, indent=2))
+    print(
+        json.dumps({"output_dir": args.output_dir, "vocab_size": len(tokenizer), "chars_per_token": report}, indent=2)
+    )
     return report
 
 

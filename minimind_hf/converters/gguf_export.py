@@ -245,4 +245,3 @@ def export_gguf(
         writer.write_tensors_to_file()
         writer.close()
     return Path(dst)
-

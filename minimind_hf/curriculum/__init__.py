@@ -18,7 +18,14 @@ from .evaluation import (
     preference_accuracy,
     score,
 )
-from .generator import CURRICULUM_VERSION, STAGES, default_cache_dir, ensure_curriculum, iter_curriculum_text, write_curriculum
+from .generator import (
+    CURRICULUM_VERSION,
+    STAGES,
+    default_cache_dir,
+    ensure_curriculum,
+    iter_curriculum_text,
+    write_curriculum,
+)
 from .rewards import REWARD_FUNCS, get_reward_funcs
 from .tools import calculator, convert_units, execute_tool_call, make_tools, tool_schemas
 from .world import World, build_world

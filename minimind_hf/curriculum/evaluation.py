@@ -25,6 +25,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import torch
+
+from ..data import conversation_to_messages, dpo_record_to_columns
+
 _EDGE_PUNCT = ".,!?;:'\"()[]{}<>。，！？；：、“”‘’（）【】《》…「」"
 _NUMBER_GLUE = set("0123456789.-,")
 _SENTENCE_END = re.compile(r"[。！？\n]|[.!?](?=\s|$)")
@@ -157,8 +161,6 @@ def load_eval_records(path: str | Path) -> list[dict]:
     (list of JSON schemas or `None`); raw-text records (`cloze`, `passkey`) get `prompt` as a string. All other keys
     (`answer`, `gt`, `task`, `split`, `lang`, ...) are kept. Preference records (DPO) are returned unchanged.
     """
-    from ..data import conversation_to_messages
-
     records = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
@@ -193,8 +195,6 @@ def make_generate_fn(
     as is, after the BOS token when `add_bos_to_text` (matching upstream's `bos + text + eos` pretraining samples).
     Prompts are left-padded; the decoded new tokens (special tokens skipped) are returned.
     """
-    import torch
-
     kwargs = chat_template_kwargs or {}
 
     def render(record: dict) -> str:
@@ -255,10 +255,6 @@ def evaluate_model(model, tokenizer, records: str | Path | Iterable[dict], **gen
 def preference_accuracy(model, tokenizer, records: str | Path | Iterable[dict]) -> dict[str, float]:
     """Fraction of preference pairs whose chosen answer has a higher summed log-probability than the rejected one,
     per `split` and overall (the DPO stage's held-out measure)."""
-    import torch
-
-    from ..data import dpo_record_to_columns
-
     if isinstance(records, str | Path):
         records = load_eval_records(records)
     totals: dict[str, list[float]] = defaultdict(list)

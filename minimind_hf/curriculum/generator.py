@@ -11,20 +11,22 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..data import conversation_to_messages, dpo_record_to_columns
 from . import templates as T
-from .tools import format_number, make_tools, tool_schemas
+from .tools import make_tools, tool_schemas
 from .world import ATTRIBUTES, Entity, Name, World, build_world
 
 CURRICULUM_VERSION = "1"
 LANGS = ("en", "zh")
 
 # Pretraining mix, in documents. Sized for roughly 2M tokens with the shipped tokenizer (see docs/data.md).
-PRETRAIN_DOCS = {"bio": 16000, "story": 3000, "arith": 2500, "passkey": 800}
+PRETRAIN_DOCS = {"bio": 14000, "faq": 2500, "story": 3000, "arith": 2500, "passkey": 400}
 ADD_RANGE = range(1, 21)
 MUL_RANGE = range(1, 10)
 ARITH_HELDOUT_FRACTION = 0.2
@@ -36,8 +38,15 @@ TOOL_DIALOGUES = {"train": 1200, "eval": 100}
 # Passkey documents: filler sentences per document. Training documents stay inside a 256-token window; evaluation
 # documents are about 1x, 2x, 4x and 8x that window with the shipped tokenizer.
 PASSKEY_TRAIN_FILLER = (8, 24)
-PASSKEY_EVAL_FILLER = {"x1": 36, "x2": 80, "x4": 170, "x8": 345}
+PASSKEY_EVAL_FILLER = {
+    "x1": {"en": 32, "zh": 35},
+    "x2": {"en": 69, "zh": 78},
+    "x4": {"en": 143, "zh": 164},
+    "x8": {"en": 293, "zh": 337},
+}
 PASSKEY_EVAL_PER_SPLIT = 25
+
+_SENTENCE = re.compile(r"(?<=[.!?。！？：\n])\s*")
 
 STAGES = ("pretrain", "sft", "dpo", "rl", "reasoning", "lora_identity", "passkey", "tools")
 
@@ -67,6 +76,12 @@ def statement(entity: Entity, attribute: str, lang: str, variant: int = 0) -> st
 def question(entity: Entity, attribute: str, lang: str, variant: int) -> str:
     """The `variant`-th question about a fact."""
     return T.fill(T.QUESTIONS[(entity.kind, attribute)][lang][variant], **_values(entity, attribute, lang))
+
+
+def answer(entity: Entity, attribute: str, lang: str, variant: int) -> str:
+    """The chat answer to the `variant`-th question: a prose statement that mirrors the question and ends with the
+    value."""
+    return statement(entity, attribute, lang, T.ANSWERS[(entity.kind, attribute)][lang][variant])
 
 
 class Splits:
@@ -99,7 +114,9 @@ class Splits:
                 held = attributes[0] if index % 4 == 3 else None
             for attribute in attributes:
                 (self.heldout if attribute == held else self.taught).append((entity, attribute))
-        arith = [("+", x, y) for x in ADD_RANGE for y in ADD_RANGE] + [("×", x, y) for x in MUL_RANGE for y in MUL_RANGE]
+        arith = [("+", x, y) for x in ADD_RANGE for y in ADD_RANGE] + [
+            ("×", x, y) for x in MUL_RANGE for y in MUL_RANGE
+        ]
         rng.shuffle(arith)
         cut = int(len(arith) * ARITH_HELDOUT_FRACTION)
         self.arith_heldout, self.arith_taught = sorted(arith[:cut]), sorted(arith[cut:])
@@ -174,6 +191,15 @@ def pretrain_records(world: World, splits: Splits, rng: random.Random) -> Iterat
                 "iy": invention.facts["year"][lang],
             }
             yield {"text": rng.choice(T.STORIES[lang]).format(**values)}
+        elif kind == "faq":
+            # question-answer pages about SFT-taught facts only: pretraining learns to read a question's attribute,
+            # while held-out facts stay declarative prose
+            q, a = T.FAQ[lang]
+            lines = []
+            for entity, attribute in rng.sample(splits.taught, rng.randint(3, 5)):
+                variant = rng.randrange(3)
+                lines += [q + question(entity, attribute, lang, variant), a + answer(entity, attribute, lang, variant)]
+            yield {"text": "\n".join(lines)}
         elif kind == "arith":
             problems = rng.sample(splits.arith_all, rng.randint(8, 16))
             lines = [rng.choice(T.ARITH_INTRO[lang])] + [arith_statement(op, x, y, lang) for op, x, y in problems]
@@ -184,12 +210,12 @@ def pretrain_records(world: World, splits: Splits, rng: random.Random) -> Iterat
 
 
 def pretrain_eval_records(splits: Splits) -> Iterator[dict]:
-    """Cloze prompts for the base model: a canonical statement cut before its value."""
+    """Cloze prompts for the base model: a statement cut right before its value (see `templates.CLOZE_VARIANT`)."""
     groups = {"sft_taught": splits.taught, "sft_entities": splits.heldout, "pretrain_only": splits.pretrain_only}
     for split, facts in groups.items():
         for entity, attribute in facts:
             for lang in LANGS:
-                full = statement(entity, attribute, lang)
+                full = statement(entity, attribute, lang, T.CLOZE_VARIANT[lang])
                 value = entity.facts[attribute][lang]
                 prefix = full[: full.rindex(value)].rstrip()
                 yield {"text": prefix, "answer": value, "task": "cloze", "split": split, "lang": lang}
@@ -211,26 +237,31 @@ def sft_records(world: World, splits: Splits, rng: random.Random) -> Iterator[di
     for entity, attribute in splits.taught:
         for lang in LANGS:
             for variant in range(len(T.QUESTIONS[(entity.kind, attribute)][lang])):
-                answer = statement(entity, attribute, lang)
-                records.append([_user(question(entity, attribute, lang, variant)), _assistant(answer)])
+                reply = answer(entity, attribute, lang, variant)
+                records.append([_user(question(entity, attribute, lang, variant)), _assistant(reply)])
     for op, x, y in splits.arith_taught:
         for lang in LANGS:
             variant = rng.randrange(3)
-            records.append([_user(arith_question(op, x, y, lang, variant)), _assistant(arith_statement(op, x, y, lang))])
+            records.append(
+                [_user(arith_question(op, x, y, lang, variant)), _assistant(arith_statement(op, x, y, lang))]
+            )
     for _ in range(MULTI_TURN_DIALOGUES):
         lang = rng.choice(LANGS)
         turns = []
         for entity, attribute in rng.sample(splits.taught, rng.randint(2, 3)):
             variant = rng.randrange(3)
-            turns += [_user(question(entity, attribute, lang, variant)), _assistant(statement(entity, attribute, lang))]
+            turns += [
+                _user(question(entity, attribute, lang, variant)),
+                _assistant(answer(entity, attribute, lang, variant)),
+            ]
         records.append(turns)
     for kind, prompts in T.IDENTITY_PROMPTS.items():
         for lang in LANGS:
             for prompt in prompts[lang]:
                 records.append([_user(prompt), _assistant(_identity_answer(rng, T.BASE_IDENTITY, kind, lang))])
     for lang in LANGS:
-        for prompt, answer in T.GREETINGS[lang]:
-            records += [[_user(prompt), _assistant(answer)]] * 4
+        for prompt, reply in T.GREETINGS[lang]:
+            records += [[_user(prompt), _assistant(reply)]] * 4
     rng.shuffle(records)
     for conversations in records:
         yield {"conversations": conversations}
@@ -238,9 +269,15 @@ def sft_records(world: World, splits: Splits, rng: random.Random) -> Iterator[di
 
 def _qa_eval(split: str, entity: Entity, attribute: str, lang: str, rng: random.Random) -> dict:
     variant = rng.randrange(len(T.QUESTIONS[(entity.kind, attribute)][lang]))
-    conversations = [_user(question(entity, attribute, lang, variant)), _assistant(statement(entity, attribute, lang))]
-    answer = entity.facts[attribute][lang]
-    return {"conversations": conversations, "answer": answer, "task": "qa", "split": split, "lang": lang}
+    reply = answer(entity, attribute, lang, variant)
+    conversations = [_user(question(entity, attribute, lang, variant)), _assistant(reply)]
+    return {
+        "conversations": conversations,
+        "answer": entity.facts[attribute][lang],
+        "task": "qa",
+        "split": split,
+        "lang": lang,
+    }
 
 
 def sft_eval_records(world: World, splits: Splits, rng: random.Random) -> Iterator[dict]:
@@ -250,12 +287,23 @@ def sft_eval_records(world: World, splits: Splits, rng: random.Random) -> Iterat
                 yield _qa_eval(split, entity, attribute, lang, rng)
     for op, x, y in splits.arith_heldout:
         for lang in LANGS:
-            conversations = [_user(arith_question(op, x, y, lang, rng.randrange(3))), _assistant(arith_statement(op, x, y, lang))]
-            yield {"conversations": conversations, "answer": str(_arith(op, x, y)), "task": "arith", "split": "arith", "lang": lang}
+            conversations = [
+                _user(arith_question(op, x, y, lang, rng.randrange(3))),
+                _assistant(arith_statement(op, x, y, lang)),
+            ]
+            yield {
+                "conversations": conversations,
+                "answer": str(_arith(op, x, y)),
+                "task": "arith",
+                "split": "arith",
+                "lang": lang,
+            }
 
 
 def _wrong_value(world: World, entity: Entity, attribute: str, lang: str, rng: random.Random) -> str:
-    pool = sorted({e.facts[attribute][lang] for e in world.of_kind(entity.kind)} - {entity.facts[attribute][lang]})
+    # wrong values come from chat-visible entities only, so no pretrain-only name leaks into chat stages
+    values = {e.facts[attribute][lang] for e in world.of_kind(entity.kind) if not e.pretrain_only}
+    pool = sorted(values - {entity.facts[attribute][lang]})
     if attribute in ("age", "year"):
         right = int(entity.facts[attribute][lang])
         pool = [str(right + d) for d in (-3, -2, -1, 1, 2, 3)]
@@ -271,11 +319,11 @@ def dpo_records(world: World, splits: Splits, rng: random.Random, split: str, co
     for i in range(count):
         entity, attribute, lang, variant = pool[i % len(pool)]
         user = _user(question(entity, attribute, lang, variant))
-        chosen = statement(entity, attribute, lang)
+        chosen = answer(entity, attribute, lang, variant)
         if rng.random() < 0.5:
             wrong = _wrong_value(world, entity, attribute, lang, rng)
             fake = Entity(entity.kind, entity.name, {**entity.facts, attribute: Name(wrong, wrong)})
-            rejected, kind = statement(fake, attribute, lang), "wrong_fact"
+            rejected, kind = answer(fake, attribute, lang, variant), "wrong_fact"
         else:
             rejected, kind = rng.choice(T.EVASIVE[lang]), "evasive"
         record = {"chosen": [user, _assistant(chosen)], "rejected": [user, _assistant(rejected)]}
@@ -356,8 +404,8 @@ def identity_records(rng: random.Random, split: str) -> Iterator[dict]:
             for prompt in chosen:
                 repeats = 1 if split == "eval" else 4
                 for _ in range(repeats):
-                    answer = _identity_answer(rng, T.LORA_IDENTITY, kind, lang)
-                    record = {"conversations": [_user(prompt), _assistant(answer)]}
+                    reply = _identity_answer(rng, T.LORA_IDENTITY, kind, lang)
+                    record = {"conversations": [_user(prompt), _assistant(reply)]}
                     if split == "eval":
                         record.update(
                             {
@@ -376,7 +424,7 @@ def passkey_eval_records(rng: random.Random) -> Iterator[dict]:
         for i in range(PASSKEY_EVAL_PER_SPLIT * len(LANGS)):
             lang = LANGS[i % len(LANGS)]
             key = str(rng.randint(10000, 99999))
-            prompt, _ = _passkey_text(rng, lang, filler, key)
+            prompt, _ = _passkey_text(rng, lang, filler[lang], key)
             yield {"text": prompt, "answer": key, "task": "passkey", "split": split, "lang": lang}
 
 
@@ -395,7 +443,7 @@ def tool_dialogue(world: World, splits: Splits, rng: random.Random, schemas: str
         result = tools["calculator"](expr)
         user = rng.choice(T.TOOL_QUESTIONS[kind][lang]).format(expr=expr)
         final = T.TOOL_ANSWERS[kind][lang].format(expr=expr, result=result)
-        answer = result
+        expected = result
     elif kind == "convert_units":
         from_unit, to_unit = rng.choice([("km", "m"), ("m", "cm"), ("kg", "g"), ("l", "ml"), ("C", "F"), ("m", "km")])
         value = rng.randint(1, 50)
@@ -404,14 +452,15 @@ def tool_dialogue(world: World, splits: Splits, rng: random.Random, schemas: str
         fmt = {"value": value, "from_unit": from_unit, "to_unit": to_unit}
         user = rng.choice(T.TOOL_QUESTIONS[kind][lang]).format(**fmt)
         final = T.TOOL_ANSWERS[kind][lang].format(result=result, **fmt)
-        answer = result
+        expected = result
     else:
         entity, attribute = rng.choice(splits.heldout if split == "eval" else splits.taught)
         arguments = {"entity": entity.name[lang], "attribute": attribute}
         result = tools["lookup"](**arguments)
-        user = question(entity, attribute, lang, rng.randrange(3))
-        final = statement(entity, attribute, lang)
-        answer = result
+        variant = rng.randrange(3)
+        user = question(entity, attribute, lang, variant)
+        final = answer(entity, attribute, lang, variant)
+        expected = result
     conversations = [
         {"role": "system", "content": T.TOOL_SYSTEM[lang], "tools": schemas},
         _user(user),
@@ -419,7 +468,7 @@ def tool_dialogue(world: World, splits: Splits, rng: random.Random, schemas: str
         {"role": "tool", "content": result},
         _assistant(final),
     ]
-    return {"conversations": conversations, "tool": kind, "arguments": arguments, "answer": answer, "lang": lang}
+    return {"conversations": conversations, "tool": kind, "arguments": arguments, "answer": expected, "lang": lang}
 
 
 def tool_records(world: World, splits: Splits, rng: random.Random, split: str) -> Iterator[dict]:
@@ -564,8 +613,14 @@ def ensure_curriculum(cache_dir: str | os.PathLike | None = None, seed: int = 0)
 
 
 def iter_curriculum_text(paths: dict[str, dict[str, Path]], stages: Iterable[str] = STAGES) -> Iterator[str]:
-    """Every text of the curriculum's training files (pretraining text, message contents and tool calls), for tokenizer
-    training. Tool schemas are left out: the same JSON repeated in every tool dialogue would skew the merges."""
+    """The distinct sentences of the curriculum's training files (pretraining text, message contents and tool calls),
+    for tokenizer training.
+
+    Each sentence is yielded once: the curriculum repeats every fact hundreds of times, and at that frequency BPE
+    would learn whole Chinese facts as single tokens ("的家乡是佩塔罗"), which makes a question's tokens unrelated to
+    its answer's and blocks generalisation to held-out facts. Tool schemas are left out for the same reason.
+    """
+    seen: set[str] = set()
     for stage in stages:
         path = paths.get(stage, {}).get("train")
         if path is None:
@@ -573,9 +628,37 @@ def iter_curriculum_text(paths: dict[str, dict[str, Path]], stages: Iterable[str
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 record = json.loads(line)
-                if "text" in record:
-                    yield record["text"]
+                texts = [record["text"]] if "text" in record else []
                 for key in ("conversations", "chosen", "rejected"):
                     for message in record.get(key, []):
-                        parts = [message.get("content") or "", message.get("tool_calls") or ""]
-                        yield "\n".join(p for p in parts if p)
+                        texts += [message.get("content") or "", message.get("tool_calls") or ""]
+                for text in texts:
+                    for sentence in _SENTENCE.split(text):
+                        if sentence.strip() and sentence not in seen:
+                            seen.add(sentence)
+                            yield sentence
+
+
+def count_tokens(paths: dict[str, dict[str, Path]], tokenizer) -> dict[str, dict[str, dict[str, int]]]:
+    """Records and tokens per stage and file, as training sees them: pretraining text with BOS and EOS, chat
+    records rendered by `tokenizer`'s chat template (preference pairs: prompt + chosen), raw-text prompts as is."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for stage, files in paths.items():
+        for name, path in files.items():
+            texts = []
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    record = json.loads(line)
+                    if "text" in record:
+                        texts.append(tokenizer.bos_token + record["text"] + tokenizer.eos_token)
+                        continue
+                    if "chosen" in record:
+                        columns = dpo_record_to_columns(record)
+                        messages, tools = columns["prompt"] + columns["chosen"], columns["tools"]
+                    else:
+                        messages, tools = conversation_to_messages(record["conversations"])
+                    tools = json.loads(tools) if tools else None
+                    texts.append(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False))
+            n = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+            counts.setdefault(stage, {})[name] = {"records": len(texts), "tokens": n}
+    return counts

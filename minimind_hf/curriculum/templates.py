@@ -11,11 +11,17 @@ from __future__ import annotations
 PROSE = {
     ("person", "city"): {
         "en": ["{s} lives in {v}.", "{s} has a home in {v}.", "The home city of {s} is {v}.", "{s} comes from {v}."],
-        "zh": ["{s}住在{v}。", "{s}的家在{v}。", "{s}的家乡是{v}。", "{s}来自{v}这座城市。"],
+        "zh": ["{s}住在{v}。", "{s}的家在{v}。", "{s}的家乡是{v}。", "{s}来自{v}这座城市。", "{s}的家乡：{v}。"],
     },
     ("person", "job"): {
         "en": ["{s} works as {a} {v}.", "{s} is {a} {v}.", "The job of {s} is {v}.", "By trade, {s} is {a} {v}."],
-        "zh": ["{s}的职业是{v}。", "{s}是一名{v}。", "{s}的工作是{v}。", "{s}每天都在做{v}的工作。"],
+        "zh": [
+            "{s}的职业是{v}。",
+            "{s}是一名{v}。",
+            "{s}的工作是{v}。",
+            "{s}每天都在做{v}的工作。",
+            "{s}的职业：{v}。",
+        ],
     },
     ("person", "colour"): {
         "en": [
@@ -24,27 +30,39 @@ PROSE = {
             "Of all colours, {s} prefers {v}.",
             "{s} loves {v} more than any other colour.",
         ],
-        "zh": ["{s}最喜欢的颜色是{v}。", "{s}最爱{v}。", "在所有颜色里，{s}最喜欢{v}。", "{s}喜欢{v}胜过其他颜色。"],
+        "zh": [
+            "{s}最喜欢的颜色是{v}。",
+            "{s}最爱{v}。",
+            "在所有颜色里，{s}最喜欢{v}。",
+            "{s}喜欢{v}胜过其他颜色。",
+            "{s}最喜欢的颜色：{v}。",
+        ],
     },
     ("person", "age"): {
         "en": ["The age of {s} is {v}.", "{s} is {v} years old.", "{s} turned {v} this year."],
-        "zh": ["{s}的年龄是{v}。", "{s}今年{v}岁。", "{s}已经{v}岁了。"],
+        "zh": ["{s}的年龄是{v}。", "{s}今年{v}岁。", "{s}已经{v}岁了。", "{s}的年龄：{v}。"],
     },
     ("city", "country"): {
         "en": ["{s} is in {v}.", "{s} is a city in {v}.", "The city of {s} lies in {v}.", "{s} belongs to {v}."],
-        "zh": ["{s}位于{v}。", "{s}是{v}的一座城市。", "{s}属于{v}。", "{s}这座城市在{v}境内。"],
+        "zh": [
+            "{s}位于{v}。",
+            "{s}是{v}的一座城市。",
+            "{s}属于{v}。",
+            "{s}这座城市在{v}境内。",
+            "{s}所在的国家：{v}。",
+        ],
     },
     ("country", "capital"): {
         "en": ["The capital of {s} is {v}.", "{v} is the capital of {s}.", "{s} has its capital in {v}."],
-        "zh": ["{s}的首都是{v}。", "{v}是{s}的首都。", "{s}把首都设在{v}。"],
+        "zh": ["{s}的首都是{v}。", "{v}是{s}的首都。", "{s}把首都设在{v}。", "{s}的首都：{v}。"],
     },
     ("invention", "inventor"): {
         "en": ["The {s} was invented by {v}.", "{v} invented the {s}.", "{v} is the inventor of the {s}."],
-        "zh": ["{s}的发明者是{v}。", "{v}发明了{s}。", "{s}是{v}发明的。"],
+        "zh": ["{s}的发明者是{v}。", "{v}发明了{s}。", "{s}是{v}发明的。", "{s}的发明者：{v}。"],
     },
     ("invention", "year"): {
         "en": ["The {s} was invented in {v}.", "In {v}, the {s} was invented.", "The {s} dates from {v}."],
-        "zh": ["{s}的发明年份是{v}。", "{s}发明于{v}年。", "{v}年，{s}被发明了出来。"],
+        "zh": ["{s}的发明年份是{v}。", "{s}发明于{v}年。", "{v}年，{s}被发明了出来。", "{s}的发明年份：{v}。"],
     },
 }
 
@@ -58,7 +76,11 @@ QUESTIONS = {
         "zh": ["{s}的职业是什么？", "{s}是做什么工作的？", "{s}的工作是什么？"],
     },
     ("person", "colour"): {
-        "en": ["What is the favourite colour of {s}?", "Which colour does {s} like best?", "What colour does {s} love most?"],
+        "en": [
+            "What is the favourite colour of {s}?",
+            "Which colour does {s} like best?",
+            "What colour does {s} love most?",
+        ],
         "zh": ["{s}最喜欢什么颜色？", "{s}最喜欢的颜色是什么？", "{s}最爱哪种颜色？"],
     },
     ("person", "age"): {
@@ -83,7 +105,24 @@ QUESTIONS = {
     },
 }
 
-# The canonical answer is PROSE[key][lang][0].
+# The chat answer to QUESTIONS[key][lang][i] is PROSE[key][lang][ANSWERS[key][lang][i]]: the statement that mirrors
+# the question's wording, so a model answers by completing a sentence it memorised in pretraining.
+ANSWERS = {
+    ("person", "city"): {"en": [0, 0, 2], "zh": [0, 0, 2]},
+    ("person", "job"): {"en": [0, 2, 2], "zh": [0, 1, 2]},
+    ("person", "colour"): {"en": [0, 0, 0], "zh": [0, 0, 1]},
+    ("person", "age"): {"en": [0, 0, 0], "zh": [0, 0, 0]},
+    ("city", "country"): {"en": [0, 2, 0], "zh": [0, 0, 2]},
+    ("country", "capital"): {"en": [0, 0, 0], "zh": [0, 0, 0]},
+    ("invention", "inventor"): {"en": [0, 0, 0], "zh": [0, 0, 0]},
+    ("invention", "year"): {"en": [0, 0, 0], "zh": [0, 0, 0]},
+}
+
+# The canonical statement is PROSE[key][lang][0]. The last Chinese statement puts the value after a full-width colon:
+# byte-level BPE merges whole runs of Chinese characters ("住在佩塔罗" can be one token), so only a punctuation
+# boundary lets a cloze prompt stop exactly before the value (CLOZE_VARIANT).
+CLOZE_VARIANT = {"en": 0, "zh": -1}
+FAQ = {"en": ("Q: ", "A: "), "zh": ("问：", "答：")}
 EVASIVE = {
     "en": ["I don't know.", "I'm not sure about that.", "Sorry, I cannot answer that question."],
     "zh": ["我不知道。", "这个我不太清楚。", "抱歉，我无法回答这个问题。"],
@@ -109,7 +148,11 @@ REASONING_QUESTIONS = {
     "zh": ["请一步一步计算{expr}。", "{expr}等于多少？请逐步思考。", "计算{expr}。"],
 }
 REASONING_STEPS = {
-    "en": {"first": "First, {x} {op} {y} = {z}.", "then": "Then, {x} {op} {y} = {z}.", "done": "So the result is {z}."},
+    "en": {
+        "first": "First, {x} {op} {y} = {z}.",
+        "then": "Then, {x} {op} {y} = {z}.",
+        "done": "So the result is {z}.",
+    },
     "zh": {"first": "先算{x}{op}{y}={z}。", "then": "再算{x}{op}{y}={z}。", "done": "所以结果是{z}。"},
 }
 
@@ -158,7 +201,10 @@ PASSKEY = {
 }
 
 # The assistant's identity before and after the LoRA identity stage.
-BASE_IDENTITY = {"name": {"en": "MiniMind", "zh": "MiniMind"}, "maker": {"en": "the MiniMind team", "zh": "MiniMind团队"}}
+BASE_IDENTITY = {
+    "name": {"en": "MiniMind", "zh": "MiniMind"},
+    "maker": {"en": "the MiniMind team", "zh": "MiniMind团队"},
+}
 LORA_IDENTITY = {"name": {"en": "Tovi", "zh": "托维"}, "maker": {"en": "Starfield Workshop", "zh": "星野工坊"}}
 IDENTITY_PROMPTS = {
     "name": {
@@ -238,7 +284,10 @@ TOOL_QUESTIONS = {
 }
 TOOL_ANSWERS = {
     "calculator": {"en": "{expr} = {result}.", "zh": "{expr} = {result}。"},
-    "convert_units": {"en": "{value} {from_unit} is {result} {to_unit}.", "zh": "{value} {from_unit}等于{result} {to_unit}。"},
+    "convert_units": {
+        "en": "{value} {from_unit} in {to_unit} is {result}.",
+        "zh": "{value} {from_unit}换算成{to_unit}是{result}。",
+    },
 }
 TOOL_SYSTEM = {"en": "You can use tools to answer.", "zh": "你可以使用工具来回答问题。"}
 

@@ -54,10 +54,10 @@ def _evaluate(node: ast.AST) -> Fraction:
 
 
 def calculator(expression: str) -> str:
-    """Evaluates an arithmetic expression exactly.
+    """Evaluates an arithmetic expression.
 
     Args:
-        expression: An arithmetic expression with numbers, + - * / and parentheses, for example "12 * (3 + 4)".
+        expression: Numbers with + - * / and parentheses.
     """
     try:
         return format_number(_evaluate(ast.parse(expression.replace("×", "*").replace("÷", "/"), mode="eval")))
@@ -66,12 +66,12 @@ def calculator(expression: str) -> str:
 
 
 def convert_units(value: float, from_unit: str, to_unit: str) -> str:
-    """Converts a value between units of length (mm, cm, m, km), mass (g, kg, t), volume (ml, l) or temperature (C, F).
+    """Converts a value between units: mm, cm, m, km, g, kg, t, ml, l, C, F.
 
     Args:
-        value: The number to convert.
-        from_unit: The unit of the value.
-        to_unit: The unit to convert to.
+        value: The number.
+        from_unit: Its unit.
+        to_unit: The target unit.
     """
     value = Fraction(str(value))
     if {from_unit, to_unit} <= {"C", "F"}:
@@ -90,8 +90,8 @@ def make_lookup(world: World) -> Callable[[str, str], str]:
         """Looks up a fact about a person, city, country or invention.
 
         Args:
-            entity: The name of the person, city, country or invention, in English or Chinese.
-            attribute: One of city, job, colour, age (people), country (cities), capital (countries), inventor, year (inventions).
+            entity: Its name.
+            attribute: city, job, colour, age, country, capital, inventor or year.
         """
         found = world.find(entity)
         if found is None:

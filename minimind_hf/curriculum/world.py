@@ -30,8 +30,22 @@ COLOURS = [
     ("white", "白色"), ("black", "黑色"),
 ]  # fmt: skip
 
-INVENTION_HEADS = [("cloud", "云"), ("echo", "回声"), ("glass", "玻璃"), ("star", "星"), ("river", "河"), ("sun", "日")]
-INVENTION_TAILS = [("lamp", "灯"), ("wheel", "轮"), ("clock", "钟"), ("kite", "风筝"), ("compass", "罗盘"), ("bell", "铃")]
+INVENTION_HEADS = [
+    ("cloud", "云"),
+    ("echo", "回声"),
+    ("glass", "玻璃"),
+    ("star", "星"),
+    ("river", "河"),
+    ("sun", "日"),
+]
+INVENTION_TAILS = [
+    ("lamp", "灯"),
+    ("wheel", "轮"),
+    ("clock", "钟"),
+    ("kite", "风筝"),
+    ("compass", "罗盘"),
+    ("bell", "铃"),
+]
 
 NUM_PEOPLE = 64
 NUM_PRETRAIN_ONLY_PEOPLE = 16
@@ -145,5 +159,7 @@ def build_world(seed: int = 0) -> World:
     for i, ((head, tail), inventor, year) in enumerate(zip(combos, inventors, years)):
         name = Name(f"{head[0]} {tail[0]}", f"{head[1]}{tail[1]}")
         facts = {"inventor": inventor.name, "year": Name(str(year), str(year))}
-        inventions.append(Entity("invention", name, facts, pretrain_only=i >= NUM_INVENTIONS - NUM_PRETRAIN_ONLY_INVENTIONS))
+        inventions.append(
+            Entity("invention", name, facts, pretrain_only=i >= NUM_INVENTIONS - NUM_PRETRAIN_ONLY_INVENTIONS)
+        )
     return World(seed=seed, entities=people + cities + countries + inventions)

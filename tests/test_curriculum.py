@@ -1,0 +1,288 @@
+"""The embedded curriculum: determinism, split integrity, readers on every file, scorers, rewards and tools."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from minimind_hf.curriculum import (
+    CURRICULUM_VERSION,
+    STAGES,
+    build_world,
+    calculator,
+    convert_units,
+    ensure_curriculum,
+    evaluate,
+    execute_tool_call,
+    get_reward_funcs,
+    load_eval_records,
+    make_generate_fn,
+    make_tools,
+    normalize,
+    preference_accuracy,
+    score,
+    tool_schemas,
+    write_curriculum,
+)
+from minimind_hf.curriculum.__main__ import main as cli_main
+from minimind_hf.curriculum.evaluation import final_span_match
+from minimind_hf.curriculum.generator import Splits
+from minimind_hf.data import validate_jsonl
+from minimind_hf.tokenization import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def curriculum(tmp_path_factory):
+    return write_curriculum(tmp_path_factory.mktemp("curriculum"), seed=0)
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(curriculum, tmp_path):
+    again = write_curriculum(tmp_path / "again", seed=0)
+    other = write_curriculum(tmp_path / "other", seed=1)
+    for stage, files in curriculum.items():
+        for name, path in files.items():
+            assert path.read_bytes() == again[stage][name].read_bytes(), (stage, name)
+    assert curriculum["sft"]["train"].read_bytes() != other["sft"]["train"].read_bytes()
+    assert build_world(0).entities[0].name != build_world(1).entities[0].name
+
+
+def test_every_stage_has_train_and_eval(curriculum):
+    assert set(curriculum) == set(STAGES)
+    for stage, files in curriculum.items():
+        assert "eval" in files, stage
+        assert stage == "passkey" or "train" in files, stage
+    total = sum(p.stat().st_size for files in curriculum.values() for p in files.values())
+    assert total < 20 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("stage", "kind"),
+    [("pretrain", "pretrain"), ("sft", "sft"), ("dpo", "dpo"), ("rl", "rl"), ("reasoning", "reasoning"),
+     ("lora_identity", "sft"), ("tools", "sft")],
+)  # fmt: skip
+def test_readers_accept_the_curriculum(curriculum, stage, kind):
+    assert validate_jsonl(curriculum[stage]["train"], kind) > 0
+    if stage != "pretrain":
+        assert validate_jsonl(curriculum[stage]["eval"], kind) > 0
+
+
+def test_world_names_unique_in_both_languages():
+    world = build_world(0)
+    for lang in ("en", "zh"):
+        names = [e.name[lang] for e in world.entities]
+        assert len(set(names)) == len(names)
+    for entity in world.entities:
+        assert world.find(entity.name.en.upper()) is entity and world.find(entity.name.zh) is entity
+
+
+def _chat_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def test_pretrain_only_entities_never_reach_chat_stages(curriculum):
+    world = build_world(0)
+    hidden = [e for e in world.entities if e.pretrain_only]
+    assert len([e for e in hidden if e.kind == "person"]) == 16
+    chat = "".join(_chat_text(curriculum[s]["train"]) for s in ("sft", "dpo", "rl", "tools", "lora_identity"))
+    pretrain = _chat_text(curriculum["pretrain"]["train"])
+    for entity in hidden:
+        for lang in ("en", "zh"):
+            name = json.dumps(entity.name[lang], ensure_ascii=False)[1:-1]
+            assert name not in chat, entity.name
+            assert name in pretrain
+
+
+def test_heldout_splits_are_well_formed(curriculum):
+    world = build_world(0)
+    splits = Splits(world, 0)
+    sft_train = read(curriculum["sft"]["train"])
+    questions = {m["content"] for r in sft_train for m in r["conversations"] if m["role"] == "user"}
+    answers = {m["content"] for r in sft_train for m in r["conversations"] if m["role"] == "assistant"}
+    pretrain = _chat_text(curriculum["pretrain"]["train"])
+    records = read(curriculum["sft"]["eval"])
+    assert {r["split"] for r in records} == {"sft_entities", "pretrain_only", "arith"}
+    for record in records:
+        expected = record["conversations"][1]["content"]
+        assert record["conversations"][0]["content"] not in questions
+        assert expected not in answers
+        # every held-out fact is stated, word for word, in the pretraining prose, but never asked there
+        assert json.dumps(expected, ensure_ascii=False)[1:-1] in pretrain
+        if record["task"] == "qa":
+            assert json.dumps(record["conversations"][0]["content"], ensure_ascii=False)[1:-1] not in pretrain
+    taught_attributes = {(e.kind, a) for e, a in splits.taught}
+    chat = _chat_text(curriculum["sft"]["train"])
+    for entity, attribute in splits.heldout:
+        assert (entity.kind, attribute) in taught_attributes
+        if entity.kind in ("person", "invention"):
+            assert json.dumps(entity.name.en)[1:-1] in chat
+
+
+def test_scorers_perfect_one_wrong_zero(curriculum):
+    for stage in ("sft", "rl", "reasoning", "lora_identity", "tools", "pretrain", "passkey"):
+        records = load_eval_records(curriculum[stage]["eval"])
+        raw = read(curriculum[stage]["eval"])
+        by_task: dict = {}
+        for record in records:
+            by_task.setdefault((record["task"], record["lang"]), []).append(record)
+        for record, original in zip(records, raw):
+            perfect = perfect_completion(record, original)
+            assert score(record, perfect) == 1.0, (stage, record, perfect)
+            if record["task"] == "identity":
+                # the pre-LoRA identity, or the new name said next to the old one
+                wrongs = [f"I am {record['forbidden'][0]}.", f"{perfect} {record['forbidden'][0]}"]
+            else:
+                wrongs = [
+                    next(
+                        perfect_completion(other, raw[records.index(other)])
+                        for other in by_task[(record["task"], record["lang"])]
+                        if expected_of(other) != expected_of(record)
+                    )
+                ]
+            for wrong in wrongs:
+                assert score(record, wrong) == 0.0, (stage, record, wrong)
+
+
+def expected_of(record: dict):
+    return json.dumps(record.get("tool_call") or record.get("gt") or record.get("answer"), sort_keys=True)
+
+
+def perfect_completion(record: dict, original: dict) -> str:
+    if isinstance(record["prompt"], str):
+        return f" {record['answer']}. More text follows."
+    if record["task"] == "tool_call":
+        return "<tool_call>\n" + json.dumps(record["tool_call"], ensure_ascii=False) + "\n</tool_call>"
+    final = original["conversations"][-1]["content"]
+    return final or record["gt"][0]
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("Gari Sena lives in Petaro.", "Petaro", 1),
+        ("petaro", "Petaro", 1),
+        ("  PETARO！ ", "Petaro", 1),
+        ("Gari Sena lives in Derili.", "Petaro", 0),
+        ("Gari Sena lives in Petaro. Or Derili.", "Petaro", 0),
+        ("Gari Sena lives in XPetaro.", "Petaro", 0),
+        ("加里·塞娜住在佩塔罗。", "佩塔罗", 1),
+        ("12 - 19 = -7.", "-7", 1),
+        ("12 - 19 = -7.", "7", 0),
+        ("The age is 42.", "2", 0),
+        ("x = 12.5", "5", 0),
+        ("<think>\nthe answer is 4\n</think>\n\nIt is 5.", "5", 1),
+        ("", "5", 0),
+    ],
+)
+def test_final_span_rule(completion, answer, expected):
+    from minimind_hf.curriculum.evaluation import extract_answer
+
+    assert final_span_match(extract_answer(completion), answer) == bool(expected)
+
+
+def test_normalize():
+    assert normalize("  Hello,  WORLD!! ") == "hello, world"
+    assert normalize("（佩塔罗）。") == "佩塔罗"
+
+
+def test_evaluate_with_stand_in_generate(curriculum):
+    records = load_eval_records(curriculum["sft"]["eval"])
+    raw = read(curriculum["sft"]["eval"])
+    perfect = {id(r): o["conversations"][-1]["content"] for r, o in zip(records, raw)}
+    result = evaluate(records, lambda batch: [perfect[id(r)] for r in batch])
+    assert result == {"all": 1.0, "arith": 1.0, "pretrain_only": 1.0, "sft_entities": 1.0}
+    assert evaluate(records, lambda batch: ["I don't know."] * len(batch))["all"] == 0.0
+    with pytest.raises(ValueError, match="completions"):
+        evaluate(records, lambda batch: [])
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=6400, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def test_make_generate_fn_runs_chat_and_raw_prompts(curriculum, tiny_llama):
+    tokenizer = load_tokenizer()
+    records = load_eval_records(curriculum["sft"]["eval"])[:3] + load_eval_records(curriculum["pretrain"]["eval"])[:2]
+    records += load_eval_records(curriculum["tools"]["eval"])[:1]
+    generate = make_generate_fn(tiny_llama, tokenizer, max_new_tokens=4, batch_size=2)
+    completions = generate(records)
+    assert len(completions) == len(records) and all(isinstance(c, str) for c in completions)
+    assert tokenizer.padding_side == "right"
+    # greedy decoding is deterministic and batch-size independent
+    assert make_generate_fn(tiny_llama, tokenizer, max_new_tokens=4, batch_size=6)(records) == completions
+    result = evaluate(records, generate)
+    assert set(result) >= {"all", "sft_entities"} and 0.0 <= result["all"] <= 1.0
+
+
+def test_preference_accuracy_runs(curriculum, tiny_llama):
+    records = load_eval_records(curriculum["dpo"]["eval"])[:4]
+    result = preference_accuracy(tiny_llama, load_tokenizer(), records)
+    assert 0.0 <= result["all"] <= 1.0 and set(result) <= {"all", "wrong_fact", "evasive"}
+
+
+def test_ensure_curriculum_caches_in_env_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIMIND_HF_CACHE", str(tmp_path / "cache"))
+    paths = ensure_curriculum(seed=3)
+    root = tmp_path / "cache" / "curriculum" / f"{CURRICULUM_VERSION}-3"
+    assert paths["sft"]["train"] == root / "sft" / "train.jsonl" and paths["sft"]["train"].exists()
+    stamp = os.stat(paths["sft"]["train"]).st_mtime_ns
+    assert ensure_curriculum(seed=3) == paths and os.stat(paths["sft"]["train"]).st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "cache" / "curriculum").iterdir()] == [f"{CURRICULUM_VERSION}-3"]
+    explicit = ensure_curriculum(tmp_path / "explicit", seed=3)
+    assert explicit["dpo"]["eval"].read_bytes() == paths["dpo"]["eval"].read_bytes()
+
+
+def test_cli(tmp_path, capsys):
+    cli_main(["--out", str(tmp_path / "out"), "--seed", "2"])
+    printed = json.loads(capsys.readouterr().out)
+    assert Path(printed["sft"]["train"]).exists()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["seed"] == 2
+
+
+def test_rewards():
+    correctness, fmt, tool = get_reward_funcs("correctness,reasoning_format,tool_call_format")
+    completions = [
+        "7 + 5 = 12.",
+        [{"role": "assistant", "content": "<think>\nx\n</think>\n<answer>\n12\n</answer>"}],
+        "13",
+    ]
+    assert correctness(completions, gt=[["12"], ["12"], ["12"]]) == [1.0, 1.0, 0.0]
+    assert fmt(completions) == [0.0, 1.0, 0.0]
+    assert fmt(["<think>\nx\n</think> <answer>12</answer>"]) == [0.5]
+    assert tool(['<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call>', "no"]) == [
+        1.0,
+        0.0,
+    ]
+    with pytest.raises(KeyError, match="unknown reward"):
+        get_reward_funcs(["nope"])
+
+
+def test_tools():
+    world = build_world(0)
+    tools = make_tools(world)
+    person = world.of_kind("person")[0]
+    assert (
+        calculator("12 * (3 + 4)") == "84" and calculator("7 / 2") == "3.5" and calculator("1 / 0").startswith("error")
+    )
+    assert calculator("__import__('os')").startswith("error")
+    assert convert_units(5, "km", "m") == "5000" and convert_units(100, "C", "F") == "212"
+    assert convert_units(1, "kg", "m").startswith("error")
+    assert tools["lookup"](person.name.en, "city") == person.facts["city"].en
+    assert tools["lookup"](person.name.zh, "job") == person.facts["job"].zh
+    assert execute_tool_call(tools, "lookup", {"entity": "nobody", "attribute": "city"}).startswith("error")
+    assert execute_tool_call(tools, "missing", {}).startswith("error")
+    assert execute_tool_call(tools, "calculator", {"wrong": 1}).startswith("error")
+    names = [s["function"]["name"] for s in tool_schemas(tools)]
+    assert names == ["calculator", "convert_units", "lookup"]
