@@ -1,0 +1,138 @@
+"""The pretraining throughput benchmark's core: batches count the right tokens and one step yields sane metrics.
+No timing assertions."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from minimind_hf import MiniMindForCausalLM
+from minimind_hf.tokenization import load_tokenizer
+from tests.conftest import tiny_config
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "pretrain_throughput.py"
+MAX_LENGTH, BATCH_SIZE = 64, 2
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("pretrain_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def docs(bench, tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "pretrain.jsonl"
+    texts = [f"Document {i}: " + "小明喜欢红色。" * (1 + i % 8) for i in range(40)]
+    texts.append("long " * 200)  # longer than MAX_LENGTH: truncated
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return bench.load_documents(tokenizer, path, MAX_LENGTH, min_tokens=10**9)
+
+
+def test_documents_are_bos_text_eos_truncated(docs, tokenizer):
+    assert len(docs) == 41
+    assert all(d[0] == tokenizer.bos_token_id for d in docs)
+    assert all(d[-1] == tokenizer.eos_token_id for d in docs[:-1])
+    assert len(docs[-1]) == MAX_LENGTH and docs[-1][-1] != tokenizer.eos_token_id
+
+
+def test_packed_and_padded_batches(bench, docs, tokenizer):
+    packed = bench.packed_batches(docs, MAX_LENGTH, BATCH_SIZE, tokenizer.pad_token_id)
+    padded = bench.padded_batches(docs, MAX_LENGTH, BATCH_SIZE, tokenizer.pad_token_id)
+    for batch in packed + padded:
+        labels = batch["inputs"]["labels"]
+        assert batch["real_tokens"] == int((labels[:, 1:] != -100).sum())
+
+    # Packed: one padding-free row per step, rows no longer than MAX_LENGTH each, positions restarting per document.
+    for batch in packed:
+        inputs = batch["inputs"]
+        assert inputs["input_ids"].shape[0] == 1 and inputs["input_ids"].shape[1] <= BATCH_SIZE * MAX_LENGTH
+        assert batch["non_pad_positions"] == batch["positions"]
+        starts = int((inputs["position_ids"] == 0).sum())
+        assert batch["real_tokens"] == batch["positions"] - starts  # every token but each document's first
+    packed_docs = sum(int((b["inputs"]["position_ids"] == 0).sum()) for b in packed)
+    assert packed_docs <= len(docs)
+
+    # Rows: the same packs, BATCH_SIZE rows of at most MAX_LENGTH, the same targets and attention spans.
+    rows = bench.packed_row_batches(docs, MAX_LENGTH, BATCH_SIZE, tokenizer.pad_token_id)
+    assert len(rows) == len(packed)
+    for row_batch, packed_batch in zip(rows, packed):
+        assert set(row_batch["inputs"]) == {"input_ids", "position_ids", "labels"}
+        assert row_batch["inputs"]["input_ids"].shape[0] == BATCH_SIZE
+        assert row_batch["inputs"]["input_ids"].shape[1] <= MAX_LENGTH
+        for key in ("real_tokens", "non_pad_positions", "attended_keys"):
+            assert row_batch[key] == packed_batch[key], key
+
+    # Padded: BATCH_SIZE documents per step, each padded to MAX_LENGTH with -100 labels and no attention mask.
+    for i, batch in enumerate(padded):
+        inputs = batch["inputs"]
+        assert set(inputs) == {"input_ids", "labels"}
+        assert inputs["input_ids"].shape == (BATCH_SIZE, MAX_LENGTH)
+        lengths = [len(d) for d in docs[i * BATCH_SIZE : (i + 1) * BATCH_SIZE]]
+        assert batch["non_pad_positions"] == sum(lengths)
+        assert batch["real_tokens"] == sum(n - 1 for n in lengths)
+        assert (inputs["input_ids"] == tokenizer.pad_token_id).sum() == BATCH_SIZE * MAX_LENGTH - sum(lengths)
+
+
+def test_one_step_metrics_are_sane(bench, docs, tokenizer):
+    config = tiny_config()
+    results = {}
+    builders = {"packed": bench.packed_batches, "rows": bench.packed_row_batches, "padded": bench.padded_batches}
+    for mode, build in builders.items():
+        batches = build(docs, MAX_LENGTH, BATCH_SIZE, tokenizer.pad_token_id)
+        results[mode] = bench.measure(config, batches, steps=1, warmup=1)
+        timed = batches[1]
+        assert (
+            results[mode]["real_tokens"]
+            == timed["real_tokens"]
+            == int((timed["inputs"]["labels"][:, 1:] != -100).sum())
+        )
+    packed, rows, padded = results["packed"], results["rows"], results["padded"]
+    dense_params = sum(p.numel() for p in MiniMindForCausalLM(config).parameters())
+    assert packed["pad_fraction"] == 0
+    assert rows["pad_fraction"] < 0.1 < padded["pad_fraction"] < 1
+    # Same documents kept apart either way: after the same warm-up step the two losses agree.
+    assert rows["loss"] == pytest.approx(packed["loss"], rel=1e-4)
+    for result in results.values():
+        assert result["tokens_per_s"] > 0 and result["seconds"] > 0
+        assert math.isfinite(result["loss"]) and result["loss"] > 0
+        assert result["peak_bytes"] > 0
+        assert result["active_params"] == dense_params  # dense: every parameter, tied embedding once
+        # Every real token attends to at least itself and at most MAX_LENGTH keys.
+        assert result["real_tokens"] <= result["attended_keys"] <= result["real_tokens"] * MAX_LENGTH
+
+
+def test_flops_per_token_formula(bench):
+    config = tiny_config()
+    n = 1_000_000
+    attention = 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * 10
+    assert bench.flops_per_token(config, n, mean_context=10) == 6 * n + attention
+
+
+def test_table_lists_every_row(bench):
+    row = {
+        "preset": "tiny",
+        "active_params": 1.6e6,
+        "mode": "packed",
+        "steps": 2,
+        "real_tokens": 1000,
+        "pad_fraction": 0.0,
+        "tokens_per_s": 123.4,
+        "speedup": 4.5,
+        "peak_bytes": 2**30,
+        "mfu": 0.012,
+    }
+    table = bench.format_table([row, {**row, "mode": "padded", "speedup": None}], cuda=True)
+    lines = table.splitlines()
+    assert len(lines) == 4 and "MFU %" in lines[0]
+    assert lines[2].split() == ["tiny", "1.60", "packed", "2", "500", "0.000", "123", "4.50", "1024", "1.2"]
+    assert lines[3].split()[7] == "-"
