@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
@@ -126,8 +126,9 @@ def check_preset_matches(preset: str, checkpoint: str) -> None:
         raise RecipeError(f"preset {preset!r} does not match checkpoint {checkpoint}: " + "; ".join(mismatched))
 
 
-def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
-    """A fresh model from `preset` (+ `config_overrides`) or the checkpoint in `model_name_or_path`."""
+def build_model(model_args: ModelArguments, tokenizer, seed: int | None = None) -> PreTrainedModel:
+    """A fresh model from `preset` (+ `config_overrides`) or the checkpoint in `model_name_or_path`. `seed` seeds a
+    fresh model's initialisation (the Trainer seeds only after the model exists), so runs are reproducible."""
     if not model_args.preset and not model_args.model_name_or_path:
         raise RecipeError("model: set `preset` (fresh model) or `model_name_or_path` (checkpoint)")
     kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
@@ -145,6 +146,8 @@ def build_model(model_args: ModelArguments, tokenizer) -> PreTrainedModel:
         config = MiniMindConfig.from_preset(model_args.preset, **overrides)
         if model_args.attn_implementation:
             config._attn_implementation = model_args.attn_implementation
+        if seed is not None:
+            set_seed(seed)
         model = MiniMindForCausalLM(config)
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
@@ -215,6 +218,20 @@ def finish_run(trainer) -> dict:
     return train_logs[-1] if train_logs else {}
 
 
+def end_distributed() -> None:
+    """Tear down the process group after the trainer is gone. With torch 2.13 a process that exits while a DDP wrapper
+    and its gloo group are still alive sometimes aborts ("terminate called without an active exception") after all
+    its work is done; collecting the trainer first and destroying the group explicitly avoids it."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 __all__ = [
     "DataArguments",
     "ModelArguments",
@@ -222,6 +239,7 @@ __all__ = [
     "build_model",
     "check_output_dir",
     "check_preset_matches",
+    "end_distributed",
     "finish_run",
     "parse_recipe_args",
     "plot_loss_curve",

@@ -23,6 +23,7 @@ from minimind_hf.training import (
     ModelArguments,
     build_model,
     check_output_dir,
+    end_distributed,
     finish_run,
     parse_recipe_args,
     recipe_tokenizer,
@@ -45,7 +46,7 @@ def main(data_args: PretrainDataArguments, training_args: SFTConfig, model_args:
     # Validates every line before any training starts.
     train_dataset = load_pretrain_dataset(train_files, bos_token=tokenizer.bos_token)
     eval_dataset = load_pretrain_dataset(eval_files, bos_token=tokenizer.bos_token) if eval_files else None
-    model = build_model(model_args, tokenizer)
+    model = build_model(model_args, tokenizer, seed=training_args.seed)
 
     collator = None
     if not training_args.packing:
@@ -73,3 +74,4 @@ def main(data_args: PretrainDataArguments, training_args: SFTConfig, model_args:
 
 if __name__ == "__main__":
     main(*parse_recipe_args((PretrainDataArguments, SFTConfig, ModelArguments)))
+    end_distributed()

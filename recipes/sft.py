@@ -20,6 +20,7 @@ from minimind_hf.training import (
     ModelArguments,
     build_model,
     check_output_dir,
+    end_distributed,
     finish_run,
     parse_recipe_args,
     recipe_tokenizer,
@@ -56,7 +57,7 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
     train_dataset, eval_dataset = load_datasets(data_args)
-    model = build_model(model_args, tokenizer)
+    model = build_model(model_args, tokenizer, seed=training_args.seed)
 
     # The training template renders the same text but marks assistant spans for `assistant_only_loss`.
     inference_template = tokenizer.chat_template or get_chat_template()
@@ -75,3 +76,4 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
 
 if __name__ == "__main__":
     main(*parse_recipe_args((SFTDataArguments, SFTConfig, ModelArguments)))
+    end_distributed()

@@ -233,3 +233,46 @@ def test_packed_rows_through_the_model_equal_separate_documents(small_data):
         assert (batch["labels"][row, start] == -100) and (batch["labels"][row, start + 1 : start + length] >= 0).all()
         start += length
     assert (batch["labels"][batch["input_ids"] == tokenizer.pad_token_id] == -100).all()
+
+
+def test_two_process_gloo_ddp_matches_one_process(small_data, tmp_path):
+    """Same global batch (2 processes x 2 rows vs 1 process x 4 rows), same data order: same weights after training."""
+    import os
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    common = [
+        "recipes/pretrain.py", "--config", "recipes/tiny/pretrain.yaml",
+        "--dataset_files", str(small_data["pretrain"]), "--config_overrides", SMALL,
+        "--max_steps", "3", "--learning_rate", "5e-3", "--max_length", "64",
+        "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+        # One order for both runs: the single process's random sampler and accelerate's seedable one differ.
+        "--train_sampling_strategy", "sequential",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    one = subprocess.run(
+        [sys.executable, *common, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "one")],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/ddp.yaml"]
+    launch += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0"]
+    two = subprocess.run(
+        [*launch, *common, "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "two")],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    state_one = json.loads((tmp_path / "one/trainer_state.json").read_text())
+    state_two = json.loads((tmp_path / "two/trainer_state.json").read_text())
+    assert state_two["global_step"] == state_one["global_step"] == 3
+    losses_one = [e["loss"] for e in state_one["log_history"] if "loss" in e]
+    losses_two = [e["loss"] for e in state_two["log_history"] if "loss" in e]
+    assert losses_one == pytest.approx(losses_two, abs=2e-3)
+    weights_one = load_file(tmp_path / "one/model.safetensors")
+    weights_two = load_file(tmp_path / "two/model.safetensors")
+    assert weights_one.keys() == weights_two.keys()
+    for name in weights_one:
+        torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-4, rtol=1e-3, msg=name)
+    # Training moved the weights far more than the tolerance: the comparison is not vacuous.
+    assert (weights_one["model.norm.weight"] - 1).abs().max() > 1e-2
