@@ -8,6 +8,7 @@ function of the seed and one stage's size never shifts another stage's content.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -22,7 +23,24 @@ from . import templates as T
 from .tools import make_tools, tool_schemas
 from .world import ATTRIBUTES, Entity, Name, World, build_world
 
-CURRICULUM_VERSION = "1"
+
+def _source_digest() -> str:
+    """A hash of the code that decides the curriculum's bytes, so an edited generator never reuses a stale cache."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in (
+        here / "generator.py",
+        here / "templates.py",
+        here / "world.py",
+        here / "tools.py",
+        here.parent / "data.py",
+    ):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+# The cache folder is `<version>-<seed>`: the format generation, then the source hash.
+CURRICULUM_VERSION = f"1.{_source_digest()}"
 LANGS = ("en", "zh")
 
 # Pretraining mix, in documents. Sized for roughly 2M tokens with the shipped tokenizer (see docs/data.md).
