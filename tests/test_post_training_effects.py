@@ -1,0 +1,309 @@
+"""Each post-training stage does what it exists for, on the embedded curriculum, from a tiny SFT model (CPU, slow).
+
+The SFT base is built once per session by the pretrain and SFT recipes with the tiny YAMLs (one pretraining epoch,
+two SFT epochs: about 13 minutes on 2 CPU cores); set `MINIMIND_HF_SFT_BASE` to an existing SFT folder (e.g.
+`outputs/tiny/sft`) to reuse it. A shorter base (80 pretraining steps, one SFT epoch) was tried and is too weak to
+measure these effects: it answers held-out identity prompts with unrelated facts and cannot tell a right fact from a
+wrong one. Every test prints its measurements (`pytest -m slow -s` shows them):
+
+- LoRA: the new name/maker in >= 90% of held-out identity prompts, held-out world-fact accuracy down <= 5 points,
+  trainable parameters reported, merged logits = adapter logits (<= 1e-5);
+- DPO: held-out preference accuracy and chosen - rejected log-probability margin rise over the SFT start;
+- distillation: held-out student-teacher KL falls, and ends below the same student trained by cross-entropy alone;
+- reasoning: >= 90% well-formed think/answer generations with thinking on and off, accuracy reported for both.
+"""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from minimind_hf import MiniMindConfig, MiniMindForCausalLM
+from minimind_hf.chat_templates import use_training_chat_template
+from minimind_hf.curriculum import (
+    ensure_curriculum,
+    evaluate_model,
+    load_eval_records,
+    make_generate_fn,
+    preference_accuracy,
+    score,
+)
+from minimind_hf.data import EMPTY_THINK, dpo_record_to_columns
+from minimind_hf.lora import load_lora_model
+from minimind_hf.tokenization import load_tokenizer
+from minimind_hf.training import parse_recipe_args
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import distill  # noqa: E402
+import dpo  # noqa: E402
+import lora  # noqa: E402
+import merge_lora  # noqa: E402
+import pretrain  # noqa: E402
+import reason  # noqa: E402
+import sft  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+BASE_ENV = "MINIMIND_HF_SFT_BASE"
+# Pinned here so a change to the quickstart YAMLs does not silently change what these effects are measured on.
+PRETRAIN_EPOCHS, SFT_EPOCHS = 1, 2
+TINY = ROOT / "recipes" / "tiny"
+QUIET = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "10"]
+
+
+def report(stage: str, **numbers) -> None:
+    print(f"\n[{stage}] " + json.dumps(numbers, ensure_ascii=False))
+
+
+@pytest.fixture(scope="session")
+def curriculum():
+    return ensure_curriculum()
+
+
+@pytest.fixture(scope="session")
+def sft_base(tmp_path_factory):
+    given = os.environ.get(BASE_ENV)
+    if given:
+        if not (Path(given) / "config.json").is_file():
+            pytest.fail(f"{BASE_ENV}={given} is not a model folder")
+        return Path(given)
+    root = tmp_path_factory.mktemp("base")
+    pretrain.main(
+        *parse_recipe_args(
+            (pretrain.PretrainDataArguments, pretrain.SFTConfig, pretrain.ModelArguments),
+            ["--config", str(TINY / "pretrain.yaml"), "--output_dir", str(root / "pretrain")]
+            + ["--num_train_epochs", str(PRETRAIN_EPOCHS), *QUIET],
+        )
+    )
+    sft.main(
+        *parse_recipe_args(
+            (sft.SFTDataArguments, sft.SFTConfig, sft.ModelArguments),
+            ["--config", str(TINY / "sft.yaml"), "--output_dir", str(root / "sft")]
+            + ["--model_name_or_path", str(root / "pretrain"), "--num_train_epochs", str(SFT_EPOCHS), *QUIET],
+        )
+    )
+    return root / "sft"
+
+
+def load(folder):
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), load_tokenizer(folder)
+
+
+def world_accuracy(model, tokenizer, curriculum) -> float:
+    return evaluate_model(model, tokenizer, curriculum["sft"]["eval"], batch_size=64, max_new_tokens=32)["all"]
+
+
+def test_lora_teaches_a_new_identity_and_keeps_world_facts(sft_base, curriculum, tmp_path):
+    model, tokenizer = load(sft_base)
+    identity_before = evaluate_model(model, tokenizer, curriculum["lora_identity"]["eval"])["all"]
+    world_before = world_accuracy(model, tokenizer, curriculum)
+
+    out = tmp_path / "lora"
+    metrics = lora.main(
+        *parse_recipe_args(
+            (lora.LoraDataArguments, lora.SFTConfig, lora.ModelArguments, lora.LoraArguments),
+            ["--config", str(TINY / "lora.yaml"), "--model_name_or_path", str(sft_base), "--output_dir", str(out)]
+            + QUIET,
+        )
+    )
+    adapted = load_lora_model(out)
+    identity = evaluate_model(adapted, tokenizer, curriculum["lora_identity"]["eval"])
+    world_after = world_accuracy(adapted, tokenizer, curriculum)
+
+    merged = merge_lora.main(merge_lora.MergeArguments(adapter_path=str(out), output_dir=str(tmp_path / "merged")))
+    merged_model = AutoModelForCausalLM.from_pretrained(merged).eval()
+    records = load_eval_records(curriculum["sft"]["eval"])[:16]
+    texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in records]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        merge_diff_fp32 = (merged_model(**batch).logits - adapted(**batch).logits)[real].abs().max().item()
+        # In float64 the arithmetic's own rounding (~1e-6 at logits of 10 in float32) drops out and what is left is
+        # the merge itself: W + scale * B @ A, stored in float32.
+        merged_model.double(), adapted.double()
+        merge_diff = (merged_model(**batch).logits - adapted(**batch).logits)[real].abs().max().item()
+
+    report(
+        "lora",
+        identity_before=identity_before,
+        identity_after=identity,
+        world_before=world_before,
+        world_after=world_after,
+        trainable_params=metrics["trainable_params"],
+        total_params=metrics["total_params"],
+        merge_max_abs_logit_diff=merge_diff,
+        merge_max_abs_logit_diff_fp32_arithmetic=merge_diff_fp32,
+        train_runtime_s=metrics["train_runtime"],
+    )
+    assert identity["all"] >= 0.9
+    assert world_after >= world_before - 0.05
+    assert 0 < metrics["trainable_params"] < 0.1 * metrics["total_params"]
+    assert merge_diff <= 1e-5
+
+
+def pair_margins(model, tokenizer, records) -> list[float]:
+    """Summed log-probability of the chosen answer minus the rejected one's, per pair (the answer tokens as
+    `curriculum.preference_accuracy` scores them)."""
+    margins = []
+    for record in records:
+        columns = dpo_record_to_columns(record)
+        prompt = tokenizer.apply_chat_template(columns["prompt"], add_generation_prompt=True, tokenize=False)
+        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        scores = []
+        for key in ("chosen", "rejected"):
+            full = tokenizer.apply_chat_template(columns["prompt"] + columns[key], tokenize=False)
+            ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            scores.append(logprobs.gather(-1, ids[0, 1:, None])[start - 1 :].sum().item())
+        margins.append(scores[0] - scores[1])
+    return margins
+
+
+def test_dpo_raises_preference_accuracy_and_margin(sft_base, curriculum, tmp_path):
+    records = load_eval_records(curriculum["dpo"]["eval"])
+    model, tokenizer = load(sft_base)
+    accuracy_before = preference_accuracy(model, tokenizer, records)
+    margins_before = pair_margins(model, tokenizer, records)
+
+    out = tmp_path / "dpo"
+    metrics = dpo.main(
+        *parse_recipe_args(
+            (dpo.DPODataArguments, dpo.DPOConfig, dpo.ModelArguments, dpo.DPOLoraArguments),
+            ["--config", str(TINY / "dpo.yaml"), "--model_name_or_path", str(sft_base), "--output_dir", str(out)]
+            + QUIET,
+        )
+    )
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    accuracy_after = preference_accuracy(model, tokenizer, records)
+    margins_after = pair_margins(model, tokenizer, records)
+    margin_before, margin_after = (sum(m) / len(m) for m in (margins_before, margins_after))
+    report(
+        "dpo",
+        accuracy_before=accuracy_before,
+        accuracy_after=accuracy_after,
+        margin_before=margin_before,
+        margin_after=margin_after,
+        train_runtime_s=metrics["train_runtime"],
+    )
+    assert accuracy_after["all"] > accuracy_before["all"]
+    assert margin_after > margin_before
+
+
+def heldout_kl_and_ce(student, teacher, path) -> tuple[float, float]:
+    """Mean per-token KL(teacher || student) at temperature 1 and the student's cross-entropy, over the assistant
+    tokens of held-out dialogues."""
+    tokenizer = use_training_chat_template(load_tokenizer())
+    kl_sum, ce_sum, count = 0.0, 0.0, 0
+    for record in load_eval_records(path):
+        messages = record["prompt"] + [{"role": "assistant", "content": record["conversations_answer"]}]
+        encoded = tokenizer.apply_chat_template(
+            messages, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+        )
+        ids, mask = encoded["input_ids"], encoded["assistant_masks"][0, 1:].bool()
+        with torch.no_grad():
+            s = torch.log_softmax(student(input_ids=ids).logits[0, :-1].float(), -1)[mask]
+            t = torch.log_softmax(teacher(input_ids=ids).logits[0, :-1, : s.shape[-1]].float(), -1)[mask]
+        kl_sum += (t.exp() * (t - s)).sum().item()
+        ce_sum += -s.gather(-1, ids[0, 1:][mask][:, None]).sum().item()
+        count += int(mask.sum())
+    return kl_sum / count, ce_sum / count
+
+
+@pytest.fixture(scope="session")
+def sft_eval_dialogues(curriculum, tmp_path_factory):
+    """The held-out SFT questions with their reference answers, as records `heldout_kl_and_ce` reads."""
+    path = tmp_path_factory.mktemp("kl") / "dialogues.jsonl"
+    with open(curriculum["sft"]["eval"], encoding="utf-8") as source, open(path, "w", encoding="utf-8") as target:
+        for line in source:
+            record = json.loads(line)
+            record["conversations_answer"] = record["conversations"][-1]["content"]
+            target.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(sft_base, sft_eval_dialogues, tmp_path):
+    teacher = AutoModelForCausalLM.from_pretrained(sft_base).eval()
+    types = (distill.DistillDataArguments, distill.LogitDistillationConfig, distill.ModelArguments)
+    argv = ["--config", str(TINY / "distill.yaml"), "--teacher_model_name_or_path", str(sft_base), *QUIET]
+    # One initial student (the YAML's shape) for both runs, so they differ only in the objective.
+    model_args = parse_recipe_args(types, argv)[2]
+    torch.manual_seed(0)
+    fresh = MiniMindForCausalLM(MiniMindConfig.from_preset(model_args.preset, **model_args.config_overrides)).eval()
+    fresh.save_pretrained(tmp_path / "init")
+    argv += ["--preset", "", "--model_name_or_path", str(tmp_path / "init")]
+    runs = {}
+    for name, alpha in (("distilled", "0.5"), ("ce_only", "1.0")):
+        runs[name] = distill.main(
+            *parse_recipe_args(types, [*argv, "--alpha", alpha, "--output_dir", str(tmp_path / name)])
+        )
+    kl_before, ce_before = heldout_kl_and_ce(fresh, teacher, sft_eval_dialogues)
+    results = {}
+    for name in runs:
+        student = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
+        results[name] = heldout_kl_and_ce(student, teacher, sft_eval_dialogues)
+    teacher_ce = heldout_kl_and_ce(teacher, teacher, sft_eval_dialogues)[1]
+    report(
+        "distill",
+        student_params=sum(p.numel() for p in fresh.parameters()),
+        teacher_params=sum(p.numel() for p in teacher.parameters()),
+        kl_before=kl_before,
+        ce_before=ce_before,
+        kl_distilled=results["distilled"][0],
+        ce_distilled=results["distilled"][1],
+        kl_ce_only=results["ce_only"][0],
+        ce_ce_only=results["ce_only"][1],
+        teacher_ce=teacher_ce,
+        train_runtime_s={name: m["train_runtime"] for name, m in runs.items()},
+    )
+    assert results["distilled"][0] < kl_before
+    assert results["distilled"][0] < results["ce_only"][0]
+
+
+WELL_FORMED = re.compile(r"<think>\n.*?</think>\n+<answer>\n[^\n<]+\n</answer>\s*", re.DOTALL)
+
+
+def well_formed(text: str) -> bool:
+    """Exactly one think block then one non-empty answer block, in that order, and nothing after."""
+    tags = ("<think>", "</think>", "<answer>", "</answer>")
+    return all(text.count(tag) == 1 for tag in tags) and WELL_FORMED.fullmatch(text.strip() + "\n") is not None
+
+
+def test_reasoning_traces_have_the_format_and_thinking_switches(sft_base, curriculum, tmp_path):
+    out = tmp_path / "reason"
+    metrics = reason.main(
+        *parse_recipe_args(
+            (reason.ReasonDataArguments, reason.ReasoningSFTConfig, reason.ModelArguments),
+            ["--config", str(TINY / "reason.yaml"), "--model_name_or_path", str(sft_base), "--output_dir", str(out)]
+            + QUIET,
+        )
+    )
+    model, tokenizer = load(out)
+    records = load_eval_records(curriculum["reasoning"]["eval"])
+    results = {}
+    for mode, opened in (("thinking_on", "<think>\n"), ("thinking_off", EMPTY_THINK)):
+        generate = make_generate_fn(
+            model,
+            tokenizer,
+            max_new_tokens=64,
+            batch_size=50,
+            chat_template_kwargs={"enable_thinking": mode == "thinking_on"},
+        )
+        # The chat template wrote the opening of the think block; score the whole assistant text.
+        texts = [opened + completion for completion in generate(records)]
+        results[mode] = {
+            "well_formed": sum(map(well_formed, texts)) / len(texts),
+            "accuracy": sum(score(r, t) for r, t in zip(records, texts)) / len(texts),
+            "example": texts[0],
+        }
+    report("reason", **results, train_runtime_s=metrics["train_runtime"])
+    assert results["thinking_on"]["well_formed"] >= 0.9
+    assert results["thinking_off"]["well_formed"] >= 0.9
+    assert results["thinking_on"]["accuracy"] > 0
