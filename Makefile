@@ -10,7 +10,7 @@ install:
 	$(PIP) install -q -e ".[dev]"
 
 quickstart: install
-	$(PYTHON) -m minimind_hf.quickstart --output_dir $(OUT)
+	$(PYTHON) recipes/quickstart.py --output_dir $(OUT)
 
 test: install
 	$(PYTHON) -m pytest -q
