@@ -28,7 +28,9 @@ def test_shortened_quickstart_writes_metrics_and_reports(tmp_path, capsys):
     out = tmp_path / "qs"
     args = quickstart.QuickstartArguments(
         output_dir=str(out),
-        pretrain_config=shortened(tmp_path, "pretrain", max_steps=3, logging_steps=1, config_overrides=SMALL, max_length=64),
+        pretrain_config=shortened(
+            tmp_path, "pretrain", max_steps=3, logging_steps=1, config_overrides=SMALL, max_length=64
+        ),
         sft_config=shortened(tmp_path, "sft", max_steps=2, logging_steps=1, max_length=128),
         samples=3,
     )
