@@ -234,7 +234,9 @@ class MiniMindConfig(PreTrainedConfig):
         eos_token_id=2,
         **kwargs,
     ):
-        upstream = {key: kwargs.pop(key) for key in (*_MINIMIND2_ONLY_KEYS, *_UPSTREAM_MARKER_KEYS, "dropout") if key in kwargs}
+        upstream = {
+            key: kwargs.pop(key) for key in (*_MINIMIND2_ONLY_KEYS, *_UPSTREAM_MARKER_KEYS, "dropout") if key in kwargs
+        }
         if use_qk_norm is None:
             is_minimind3 = any(k in upstream for k in _UPSTREAM_MARKER_KEYS) and not any(
                 k in upstream for k in _MINIMIND2_ONLY_KEYS

@@ -76,7 +76,9 @@ def main(args: QuickstartArguments) -> dict:
     print("== 1/3 pretraining the tiny model on the curriculum prose", flush=True)
     metrics = {"pretrain": run_stage(pretrain, args.pretrain_config, out / "pretrain", seed)}
     print("== 2/3 supervised fine-tuning on the curriculum dialogues", flush=True)
-    metrics["sft"] = run_stage(sft, args.sft_config, out / "sft", [*seed, "--model_name_or_path", str(out / "pretrain")])
+    metrics["sft"] = run_stage(
+        sft, args.sft_config, out / "sft", [*seed, "--model_name_or_path", str(out / "pretrain")]
+    )
 
     print("== 3/3 greedy evaluation on held-out questions", flush=True)
     model = AutoModelForCausalLM.from_pretrained(out / "sft").eval()

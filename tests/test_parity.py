@@ -93,7 +93,10 @@ def to_qwen3_moe_state_dict(state_dict, config):
         prefix = f"model.layers.{layer}.mlp.experts"
         experts = range(config.num_experts)
         converted[f"{prefix}.gate_up_proj"] = torch.stack(
-            [torch.cat([state_dict[f"{prefix}.{e}.gate_proj.weight"], state_dict[f"{prefix}.{e}.up_proj.weight"]]) for e in experts]
+            [
+                torch.cat([state_dict[f"{prefix}.{e}.gate_proj.weight"], state_dict[f"{prefix}.{e}.up_proj.weight"]])
+                for e in experts
+            ]
         )
         converted[f"{prefix}.down_proj"] = torch.stack([state_dict[f"{prefix}.{e}.down_proj.weight"] for e in experts])
     return converted

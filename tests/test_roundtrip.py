@@ -52,9 +52,7 @@ def test_registered_save_and_auto_load_is_exact(tmp_path, variant):
     assert type(AutoModel.from_pretrained(tmp_path)) is MiniMindModel
     classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=1)
     assert type(classifier) is MiniMindForSequenceClassification
-    torch.testing.assert_close(
-        classifier.model.embed_tokens.weight, model.model.embed_tokens.weight, atol=0, rtol=0
-    )
+    torch.testing.assert_close(classifier.model.embed_tokens.weight, model.model.embed_tokens.weight, atol=0, rtol=0)
 
 
 REMOTE_SCRIPT = textwrap.dedent(
