@@ -53,7 +53,7 @@ pytestmark = pytest.mark.slow
 
 BASE_ENV = "MINIMIND_HF_SFT_BASE"
 # Pinned here so a change to the quickstart YAMLs does not silently change what these effects are measured on.
-PRETRAIN_EPOCHS, SFT_EPOCHS = 1, 2
+PRETRAIN_EPOCHS, SFT_EPOCHS, SFT_LR = 1, 2, 1e-3
 TINY = ROOT / "recipes" / "tiny"
 QUIET = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "10"]
 
@@ -86,7 +86,8 @@ def sft_base(tmp_path_factory):
         *parse_recipe_args(
             (sft.SFTDataArguments, sft.SFTConfig, sft.ModelArguments),
             ["--config", str(TINY / "sft.yaml"), "--output_dir", str(root / "sft")]
-            + ["--model_name_or_path", str(root / "pretrain"), "--num_train_epochs", str(SFT_EPOCHS), *QUIET],
+            + ["--model_name_or_path", str(root / "pretrain"), "--num_train_epochs", str(SFT_EPOCHS)]
+            + ["--learning_rate", str(SFT_LR), *QUIET],
         )
     )
     return root / "sft"
