@@ -11,6 +11,7 @@ a `<think>` block after the generation prompt, `False` adds an empty closed one,
 
 from __future__ import annotations
 
+import contextlib
 from importlib import resources
 from pathlib import Path
 
@@ -37,3 +38,15 @@ def use_training_chat_template(tokenizer):
     saving if the checkpoint is meant for tools without `{% generation %}` support (llama.cpp, ollama)."""
     tokenizer.chat_template = get_chat_template("training")
     return tokenizer
+
+
+@contextlib.contextmanager
+def training_chat_template(tokenizer):
+    """Inside the block `tokenizer` carries the training variant (assistant masks for TRL's `assistant_only_loss`); on
+    exit its inference template is back, so a model saved after training ships the plain template."""
+    inference_template = tokenizer.chat_template or get_chat_template()
+    use_training_chat_template(tokenizer)
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.chat_template = inference_template

@@ -78,6 +78,15 @@ class DataArguments:
         default=None, metadata={"help": "Where the curriculum is generated (default: the package cache)."}
     )
 
+    def files(self, stage: str) -> tuple[list, list | None]:
+        """(training files, held-out files): `dataset_files` and `eval_files` when given, else the curriculum's
+        training split for `stage` (generated on first use)."""
+        if self.dataset_files:
+            return self.dataset_files, self.eval_files
+        from .curriculum import ensure_curriculum
+
+        return [ensure_curriculum(self.curriculum_dir, seed=self.curriculum_seed)[stage]["train"]], self.eval_files
+
 
 class RecipeError(ValueError):
     """A recipe's inputs are inconsistent; raised before any output is written."""

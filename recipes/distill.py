@@ -17,8 +17,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from minimind_hf.chat_templates import get_chat_template, use_training_chat_template
-from minimind_hf.curriculum import ensure_curriculum
+from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.data import load_sft_dataset
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.trainers import LogitDistillationConfig, LogitDistillationTrainer, check_teacher_vocabulary
@@ -55,29 +54,23 @@ def load_teacher(path: str | None, attn_implementation: str | None = None):
 def main(data_args: DistillDataArguments, training_args: LogitDistillationConfig, model_args: ModelArguments) -> dict:
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
-    if data_args.dataset_files:
-        train_files, eval_files = data_args.dataset_files, data_args.eval_files
-    else:
-        paths = ensure_curriculum(data_args.curriculum_dir, seed=data_args.curriculum_seed)[data_args.curriculum_stage]
-        train_files, eval_files = [paths["train"]], data_args.eval_files
+    train_files, eval_files = data_args.files(data_args.curriculum_stage)
     train_dataset = load_sft_dataset(train_files)
     eval_dataset = load_sft_dataset(eval_files) if eval_files else None
     model = build_model(model_args, tokenizer, seed=training_args.seed)
     teacher, teacher_tokenizer = load_teacher(training_args.teacher_model_name_or_path, model_args.attn_implementation)
     check_teacher_vocabulary(model, teacher, tokenizer, teacher_tokenizer)
 
-    inference_template = tokenizer.chat_template or get_chat_template()
-    use_training_chat_template(tokenizer)
-    trainer = LogitDistillationTrainer(
-        model=model,
-        teacher_model=teacher,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-    )
-    trainer.train(resume_from_checkpoint=resume_from)
-    tokenizer.chat_template = inference_template
+    with training_chat_template(tokenizer):
+        trainer = LogitDistillationTrainer(
+            model=model,
+            teacher_model=teacher,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+        )
+        trainer.train(resume_from_checkpoint=resume_from)
     return finish_run(trainer)
 
 

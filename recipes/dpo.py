@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig, DPOTrainer
 
-from minimind_hf.curriculum import ensure_curriculum
 from minimind_hf.data import load_dpo_dataset
 from minimind_hf.lora import LoraArguments, lora_config
 from minimind_hf.training import (
@@ -50,11 +49,7 @@ def main(
 ) -> dict:
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
-    if data_args.dataset_files:
-        train_files, eval_files = data_args.dataset_files, data_args.eval_files
-    else:
-        paths = ensure_curriculum(data_args.curriculum_dir, seed=data_args.curriculum_seed)[data_args.curriculum_stage]
-        train_files, eval_files = [paths["train"]], data_args.eval_files
+    train_files, eval_files = data_args.files(data_args.curriculum_stage)
     # Validates every pair (including that chosen and rejected share their prompt) before training starts.
     train_dataset = load_dpo_dataset(train_files)
     eval_dataset = load_dpo_dataset(eval_files) if eval_files else None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig, SFTTrainer
 
-from minimind_hf.chat_templates import get_chat_template, use_training_chat_template
+from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.curriculum import ensure_curriculum
 from minimind_hf.data import add_random_system_prompt, load_sft_dataset
 from minimind_hf.lora import LoraArguments, add_replay, count_parameters, lora_config
@@ -89,19 +89,17 @@ def main(
     model = build_model(model_args, tokenizer, seed=training_args.seed)
     peft_config = lora_config(lora_args, model)
 
-    inference_template = tokenizer.chat_template or get_chat_template()
-    use_training_chat_template(tokenizer)
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    trainable, total = count_parameters(trainer.model)
-    trainer.train(resume_from_checkpoint=resume_from)
-    tokenizer.chat_template = inference_template
+    with training_chat_template(tokenizer):
+        trainer = SFTTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+        trainable, total = count_parameters(trainer.model)
+        trainer.train(resume_from_checkpoint=resume_from)
     metrics = {**finish_run(trainer), "trainable_params": trainable, "total_params": total}
     trainer.save_metrics("train", metrics, combined=False)
     return metrics

@@ -14,8 +14,7 @@ empty block and the model answers directly.
 
 from dataclasses import dataclass, field
 
-from minimind_hf.chat_templates import get_chat_template, use_training_chat_template
-from minimind_hf.curriculum import ensure_curriculum
+from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.data import add_random_system_prompt, load_reasoning_dataset
 from minimind_hf.trainers import ReasoningSFTConfig, ReasoningSFTTrainer, skip_thinking
 from minimind_hf.training import (
@@ -48,11 +47,7 @@ class ReasonDataArguments(DataArguments):
 
 
 def load_datasets(data_args: ReasonDataArguments):
-    if data_args.dataset_files:
-        train_files, eval_files = data_args.dataset_files, data_args.eval_files
-    else:
-        paths = ensure_curriculum(data_args.curriculum_dir, seed=data_args.curriculum_seed)[data_args.curriculum_stage]
-        train_files, eval_files = [paths["train"]], data_args.eval_files
+    train_files, eval_files = data_args.files(data_args.curriculum_stage)
     # Every assistant turn must hold a think block (or reasoning_content); a bad line stops here.
     train = load_reasoning_dataset(train_files)
     train = add_random_system_prompt(train, p=data_args.random_system_prompt_p, seed=data_args.augmentation_seed)
@@ -66,17 +61,15 @@ def main(data_args: ReasonDataArguments, training_args: ReasoningSFTConfig, mode
     train_dataset, eval_dataset = load_datasets(data_args)
     model = build_model(model_args, tokenizer, seed=training_args.seed)
 
-    inference_template = tokenizer.chat_template or get_chat_template()
-    use_training_chat_template(tokenizer)
-    trainer = ReasoningSFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-    )
-    trainer.train(resume_from_checkpoint=resume_from)
-    tokenizer.chat_template = inference_template
+    with training_chat_template(tokenizer):
+        trainer = ReasoningSFTTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+        )
+        trainer.train(resume_from_checkpoint=resume_from)
     return finish_run(trainer)
 
 

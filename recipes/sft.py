@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig, SFTTrainer
 
-from minimind_hf.chat_templates import get_chat_template, use_training_chat_template
-from minimind_hf.curriculum import ensure_curriculum
+from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.data import add_random_system_prompt, load_sft_dataset, strip_empty_think
 from minimind_hf.training import (
     DataArguments,
@@ -42,11 +41,7 @@ class SFTDataArguments(DataArguments):
 
 
 def load_datasets(data_args: SFTDataArguments):
-    if data_args.dataset_files:
-        train_files, eval_files = data_args.dataset_files, data_args.eval_files
-    else:
-        paths = ensure_curriculum(data_args.curriculum_dir, seed=data_args.curriculum_seed)[data_args.curriculum_stage]
-        train_files, eval_files = [paths["train"]], data_args.eval_files
+    train_files, eval_files = data_args.files(data_args.curriculum_stage)
     train = load_sft_dataset(train_files)
     train = add_random_system_prompt(train, p=data_args.random_system_prompt_p, seed=data_args.augmentation_seed)
     train = strip_empty_think(train, p=data_args.strip_empty_think_p, seed=data_args.augmentation_seed)
@@ -60,17 +55,15 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
     model = build_model(model_args, tokenizer, seed=training_args.seed)
 
     # The training template renders the same text but marks assistant spans for `assistant_only_loss`.
-    inference_template = tokenizer.chat_template or get_chat_template()
-    use_training_chat_template(tokenizer)
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-    )
-    trainer.train(resume_from_checkpoint=resume_from)
-    tokenizer.chat_template = inference_template
+    with training_chat_template(tokenizer):
+        trainer = SFTTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+        )
+        trainer.train(resume_from_checkpoint=resume_from)
     return finish_run(trainer)
 
 

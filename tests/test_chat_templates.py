@@ -15,7 +15,12 @@ from trl.chat_template_utils import (
     supports_tool_calling,
 )
 
-from minimind_hf.chat_templates import chat_template_path, get_chat_template, use_training_chat_template
+from minimind_hf.chat_templates import (
+    chat_template_path,
+    get_chat_template,
+    training_chat_template,
+    use_training_chat_template,
+)
 from minimind_hf.tokenization import load_tokenizer
 
 TOOLS = [
@@ -264,3 +269,14 @@ def test_trl_sft_assistant_only_labels(tmp_path, training_tokenizer):
         kept = [t for t, label in zip(processed["input_ids"], labels) if label != -100]
         text = training_tokenizer.decode(processed["input_ids"])
         assert training_tokenizer.decode(kept) == "".join(assistant_spans(text))
+
+
+def test_training_chat_template_block_restores_the_inference_template_even_on_error():
+    tokenizer = load_tokenizer()
+    inference = tokenizer.chat_template
+    with training_chat_template(tokenizer):
+        assert tokenizer.chat_template == get_chat_template("training")
+    assert tokenizer.chat_template == inference
+    with pytest.raises(RuntimeError), training_chat_template(tokenizer):
+        raise RuntimeError("training failed")
+    assert tokenizer.chat_template == inference

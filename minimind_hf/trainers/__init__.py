@@ -1,11 +1,13 @@
-"""Trainers for the post-training stages that TRL's own trainers do not express (each module says why)."""
+"""Trainers for what TRL's own trainers do not express, or express slowly here (each module says why)."""
 
 from .distillation import LogitDistillationConfig, LogitDistillationTrainer, check_teacher_vocabulary
+from .pretraining import PretrainTrainer
 from .reasoning import ReasoningSFTConfig, ReasoningSFTTrainer, skip_thinking
 
 __all__ = [
     "LogitDistillationConfig",
     "LogitDistillationTrainer",
+    "PretrainTrainer",
     "ReasoningSFTConfig",
     "ReasoningSFTTrainer",
     "check_teacher_vocabulary",
