@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from peft import get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -35,7 +34,7 @@ from minimind_hf.trainers import (
     skip_thinking,
 )
 from minimind_hf.training import RecipeError, parse_recipe_args
-from tests.conftest import briefly_trained, tiny_model
+from tests.conftest import briefly_trained, parse_shipped_yaml, shipped_yamls, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -57,12 +56,6 @@ FAST = ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", 
 STUDENT = json.dumps({"hidden_size": 64, "num_hidden_layers": 1, "head_dim": 32, "intermediate_size": 96})
 
 
-def shipped_yamls():
-    for path in sorted((ROOT / "recipes").glob("*/*.yaml")):
-        if path.stem in RECIPE_TYPES:
-            yield pytest.param(path, id=f"{path.parent.name}/{path.name}")
-
-
 def test_every_preset_has_every_post_training_yaml():
     presets = ["tiny", "minimind2-small", "minimind2", "minimind2-moe", "minimind3", "minimind3-moe"]
     missing = [
@@ -71,15 +64,9 @@ def test_every_preset_has_every_post_training_yaml():
     assert not missing
 
 
-@pytest.mark.parametrize("path", shipped_yamls())
+@pytest.mark.parametrize("path", shipped_yamls(RECIPE_TYPES))
 def test_every_shipped_yaml_parses_with_its_recipe(path):
-    raw = yaml.safe_load(path.read_text())
-    argv = ["--config", str(path)]
-    if raw.get("bf16") and not torch.cuda.is_available():
-        # TrainingArguments refuses bf16 without a bf16 device at parse time; the GPU presets ask for it on purpose.
-        assert path.parent.name != "tiny"
-        argv += ["--bf16", "false"]
-    args = parse_recipe_args(RECIPE_TYPES[path.stem], argv)
+    raw, args = parse_shipped_yaml(path, RECIPE_TYPES[path.stem])
     training_args, model_args = args[1], args[2]
     assert training_args.output_dir == raw["output_dir"]
     assert training_args.lr_scheduler_type == "cosine_with_min_lr" and training_args.warmup_steps == 0

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from minimind_hf.packing import PackedCollator, tokenize_and_pack
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.training import RecipeError, parse_recipe_args
-from tests.conftest import tiny_model
+from tests.conftest import parse_shipped_yaml, shipped_yamls, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -28,21 +27,9 @@ SMALL = json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "head_dim": 32, "
 FAST = ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--per_device_train_batch_size", "4"]
 
 
-def shipped_yamls():
-    for path in sorted((ROOT / "recipes").glob("*/*.yaml")):
-        if path.stem in RECIPE_TYPES:
-            yield pytest.param(path, id=f"{path.parent.name}/{path.name}")
-
-
-@pytest.mark.parametrize("path", shipped_yamls())
+@pytest.mark.parametrize("path", shipped_yamls(RECIPE_TYPES))
 def test_every_shipped_yaml_parses_with_its_recipe(path):
-    raw = yaml.safe_load(path.read_text())
-    argv = ["--config", str(path)]
-    if raw.get("bf16") and not torch.cuda.is_available():
-        # TrainingArguments refuses bf16 without a bf16 device at parse time; the GPU presets ask for it on purpose.
-        assert path.parent.name != "tiny"
-        argv += ["--bf16", "false"]
-    data_args, training_args, model_args = parse_recipe_args(RECIPE_TYPES[path.stem], argv)
+    raw, (data_args, training_args, model_args) = parse_shipped_yaml(path, RECIPE_TYPES[path.stem])
     assert training_args.output_dir == raw["output_dir"]
     assert training_args.lr_scheduler_type == "cosine_with_min_lr" and training_args.warmup_steps == 0
     assert bool(model_args.preset) != bool(model_args.model_name_or_path) or path.stem == "pretrain"
