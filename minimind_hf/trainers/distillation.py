@@ -19,6 +19,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.models import prepare_deepspeed
 
 from ..training import RecipeError
+from .common import finish_token_loss
 
 
 @dataclass
@@ -147,13 +148,7 @@ class LogitDistillationTrainer(SFTTrainer):
         ).sum(-1)  # [N]
         kl_sum = kl_per_token.sum()
         loss = (self.alpha * ce_sum + (1.0 - self.alpha) * temperature**2 * kl_sum) / denominator
-        # As `SFTTrainer.compute_loss`: `num_items_in_batch` counts every rank's tokens, and DDP averages gradients.
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        if self.aux_loss_enabled:
-            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
-            loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
+        loss = finish_token_loss(self, loss, outputs, num_items_in_batch, mode)
 
         total = self.accelerator.gather_for_metrics(num_tokens).sum().clamp(min=1)
         self._metrics[mode]["ce_loss"].append(

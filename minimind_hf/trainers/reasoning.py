@@ -20,6 +20,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from ..data import EMPTY_THINK, REASONING_TAGS, reasoning_tag_weights
+from .common import finish_token_loss
 
 _THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
 
@@ -64,14 +65,7 @@ class ReasoningSFTTrainer(SFTTrainer):
         per_token_loss = -outputs.log_probs * weights  # log_probs is zero where the label is -100
         num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
-        # As `SFTTrainer.compute_loss`: `num_items_in_batch` counts every rank's tokens, and DDP averages gradients;
-        # the MoE aux loss is a per-micro-batch mean, averaged over accumulation steps.
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        if self.aux_loss_enabled:
-            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
-            loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
+        loss = finish_token_loss(self, loss, outputs, num_items_in_batch, mode)
 
         num_valid = self.accelerator.gather_for_metrics(outputs.label_mask.sum()).sum()
         entropy_sum = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
