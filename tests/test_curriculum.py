@@ -29,7 +29,8 @@ from minimind_hf.curriculum import (
 )
 from minimind_hf.curriculum.__main__ import main as cli_main
 from minimind_hf.curriculum.evaluation import final_span_match
-from minimind_hf.curriculum.generator import Splits
+from minimind_hf.curriculum.generator import Splits, unknown_entities
+from minimind_hf.curriculum.templates import EVASIVE
 from minimind_hf.data import validate_jsonl
 from minimind_hf.tokenization import load_tokenizer
 
@@ -97,6 +98,30 @@ def test_pretrain_only_entities_never_reach_chat_stages(curriculum):
             name = json.dumps(entity.name[lang], ensure_ascii=False)[1:-1]
             assert name not in chat, entity.name
             assert name in pretrain
+
+
+def test_unknown_entities_appear_only_in_their_dpo_split(curriculum):
+    """DPO's honesty pairs ask about names that exist nowhere else, with disjoint names for train and eval."""
+    world = build_world(0)
+    unknown = unknown_entities(world)
+    train_names = {e.name.en for e in unknown["train"]}
+    assert train_names.isdisjoint(e.name.en for e in unknown["eval"])
+    assert train_names.isdisjoint(e.name.en for e in world.entities)
+    elsewhere = "".join(
+        _chat_text(path) for stage, files in curriculum.items() if stage != "dpo" for path in files.values()
+    )
+    dpo = {kind: read(curriculum["dpo"][kind]) for kind in ("train", "eval")}
+    for split, entities in unknown.items():
+        other = json.dumps(dpo["eval" if split == "train" else "train"], ensure_ascii=False)
+        for entity in entities:
+            for lang in ("en", "zh"):
+                name = json.dumps(entity.name[lang], ensure_ascii=False)[1:-1]
+                assert name not in elsewhere and name not in other, entity.name
+    pairs = [r for r in dpo["eval"] if r["split"] == "unknown_entity"]
+    assert len(pairs) >= 40
+    for record in pairs:
+        assert record["chosen"][1]["content"] in (*EVASIVE["zh"], *EVASIVE["en"])
+        assert record["rejected"][1]["content"] not in (*EVASIVE["zh"], *EVASIVE["en"])
 
 
 def test_heldout_splits_are_well_formed(curriculum):
@@ -229,7 +254,7 @@ def test_make_generate_fn_runs_chat_and_raw_prompts(curriculum, tiny_llama):
 def test_preference_accuracy_runs(curriculum, tiny_llama):
     records = load_eval_records(curriculum["dpo"]["eval"])[:4]
     result = preference_accuracy(tiny_llama, load_tokenizer(), records)
-    assert 0.0 <= result["all"] <= 1.0 and set(result) <= {"all", "wrong_fact", "evasive"}
+    assert 0.0 <= result["all"] <= 1.0 and set(result) <= {"all", "wrong_fact", "evasive", "unknown_entity"}
 
 
 def test_ensure_curriculum_caches_in_env_dir(tmp_path, monkeypatch):

@@ -8,7 +8,9 @@ wrong one. Every test prints its measurements (`pytest -m slow -s` shows them):
 
 - LoRA: the new name/maker in >= 90% of held-out identity prompts, held-out world-fact accuracy down <= 5 points,
   trainable parameters reported, merged logits = adapter logits (<= 1e-5);
-- DPO: held-out preference accuracy and chosen - rejected log-probability margin rise over the SFT start;
+- DPO: held-out preference accuracy (above all on pairs about names that exist nowhere in the curriculum, where the
+  SFT start prefers an invented answer to "I don't know") and chosen - rejected margin rise over the SFT start, while
+  greedy answers to known-entity questions survive;
 - distillation: held-out student-teacher KL falls, and ends below the same student trained by cross-entropy alone;
 - reasoning: >= 90% well-formed think/answer generations with thinking on and off, accuracy reported for both.
 """
@@ -168,11 +170,21 @@ def pair_margins(model, tokenizer, records) -> list[float]:
     return margins
 
 
+def greedy_keeps_chosen(model, tokenizer, records) -> float:
+    """Fraction of known-entity pairs whose greedy answer is the chosen answer, word for word: the guard against a
+    DPO run that raises log-probability preferences while its generations fall apart."""
+    known = [r for r in records if r["split"] != "unknown_entity"]
+    generate = make_generate_fn(model, tokenizer, batch_size=64, max_new_tokens=32)
+    prompts = [{"prompt": r["chosen"][:-1], "task": "qa"} for r in known]
+    return sum(c.strip() == r["chosen"][-1]["content"] for r, c in zip(known, generate(prompts))) / len(known)
+
+
 def test_dpo_raises_preference_accuracy_and_margin(sft_base, curriculum, tmp_path):
     records = load_eval_records(curriculum["dpo"]["eval"])
     model, tokenizer = load(sft_base)
     accuracy_before = preference_accuracy(model, tokenizer, records)
     margins_before = pair_margins(model, tokenizer, records)
+    kept_before = greedy_keeps_chosen(model, tokenizer, records)
 
     out = tmp_path / "dpo"
     metrics = dpo.main(
@@ -185,7 +197,12 @@ def test_dpo_raises_preference_accuracy_and_margin(sft_base, curriculum, tmp_pat
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     accuracy_after = preference_accuracy(model, tokenizer, records)
     margins_after = pair_margins(model, tokenizer, records)
+    kept_after = greedy_keeps_chosen(model, tokenizer, records)
     margin_before, margin_after = (sum(m) / len(m) for m in (margins_before, margins_after))
+    unknown = [i for i, r in enumerate(records) if r["split"] == "unknown_entity"]
+    unknown_before, unknown_after = (
+        sum(m[i] for i in unknown) / len(unknown) for m in (margins_before, margins_after)
+    )
     grew = sum(after > before for after, before in zip(margins_after, margins_before)) / len(margins_before)
     report(
         "dpo",
@@ -193,16 +210,23 @@ def test_dpo_raises_preference_accuracy_and_margin(sft_base, curriculum, tmp_pat
         accuracy_after=accuracy_after,
         margin_before=margin_before,
         margin_after=margin_after,
+        unknown_entity_margin_before=unknown_before,
+        unknown_entity_margin_after=unknown_after,
         pairs_with_larger_margin=grew,
+        greedy_equals_chosen_before=kept_before,
+        greedy_equals_chosen_after=kept_after,
         train_runtime_s=metrics["train_runtime"],
     )
-    # The SFT start already prefers about 99% of the held-out pairs: there accuracy can only hold (a single pair
-    # decides a "rise"), so it must not fall, and must rise wherever it has room; the margin carries the signal.
-    assert accuracy_after["all"] >= accuracy_before["all"]
-    if accuracy_before["all"] < 0.98:
-        assert accuracy_after["all"] > accuracy_before["all"]
-    assert margin_after > margin_before
+    # SFT never saw a question about a name that exists nowhere, so it prefers the invented answer on nearly every
+    # held-out unknown_entity pair (names DPO never trained on): that accuracy must rise, taking the total with it.
+    # The known-entity pairs start near 100% and must hold (one pair of slack), and greedy answers must survive.
+    assert accuracy_after["unknown_entity"] >= accuracy_before["unknown_entity"] + 0.05
+    assert accuracy_after["all"] > accuracy_before["all"]
+    for kind in ("wrong_fact", "evasive"):
+        assert accuracy_after[kind] >= accuracy_before[kind] - 0.02, kind
+    assert margin_after > margin_before and unknown_after > unknown_before
     assert grew >= 0.8
+    assert kept_after >= kept_before - 0.05
 
 
 def heldout_kl_and_ce(student, teacher, path) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..data import conversation_to_messages, dpo_record_to_columns
 from . import templates as T
 from .tools import make_tools, tool_schemas
-from .world import ATTRIBUTES, Entity, Name, World, build_world
+from .world import ATTRIBUTES, INVENTION_HEADS, INVENTION_TAILS, SYLLABLES, Entity, Name, World, build_world
 
 
 def _source_digest() -> str:
@@ -50,6 +50,7 @@ MUL_RANGE = range(1, 10)
 ARITH_HELDOUT_FRACTION = 0.2
 MULTI_TURN_DIALOGUES = 800
 DPO_PAIRS = {"train": 2000, "eval": 200}
+UNKNOWN_PEOPLE, UNKNOWN_INVENTIONS = 400, 24  # DPO's never-mentioned names (`unknown_entities`)
 RL_PROMPTS = {"train": 1200, "eval": 200}
 REASONING_TRACES = {"train": 2000, "eval": 200}
 TOOL_DIALOGUES = {"train": 1200, "eval": 100}
@@ -328,22 +329,73 @@ def _wrong_value(world: World, entity: Entity, attribute: str, lang: str, rng: r
     return rng.choice(pool)
 
 
+def unknown_entities(world: World) -> dict[str, list[Entity]]:
+    """People and inventions that exist nowhere else in the curriculum, split into DPO's train and eval halves.
+
+    Their facts are copied from chat-visible entities of the same kind, so the invented answer that DPO's
+    `unknown_entity` pairs reject reads exactly like a real one: only knowing the name tells them apart.
+    """
+    rng = random.Random(f"minimind-unknown-{world.seed}")
+    taken = {e.name.en for e in world.entities}
+    visible = {kind: [e for e in world.of_kind(kind) if not e.pretrain_only] for kind in ("person", "invention")}
+    combos = [(h, t) for h in INVENTION_HEADS for t in INVENTION_TAILS if f"{h[0]} {t[0]}" not in taken]
+    rng.shuffle(combos)
+    inventions = [
+        Entity("invention", Name(f"{h[0]} {t[0]}", f"{h[1]}{t[1]}"), dict(rng.choice(visible["invention"]).facts))
+        for h, t in combos[:UNKNOWN_INVENTIONS]
+    ]
+    people: list[Entity] = []
+    while len(people) < UNKNOWN_PEOPLE:
+        given, family = ([rng.choice(SYLLABLES) for _ in range(2)] for _ in range(2))
+        en = "".join(s[0] for s in given).capitalize() + " " + "".join(s[0] for s in family).capitalize()
+        if en in taken:
+            continue
+        taken.add(en)
+        zh = "".join(s[1] for s in given) + "·" + "".join(s[1] for s in family)
+        people.append(Entity("person", Name(en, zh), dict(rng.choice(visible["person"]).facts)))
+    cut_people, cut_inventions = UNKNOWN_PEOPLE // 4, UNKNOWN_INVENTIONS // 4
+    return {
+        "eval": people[:cut_people] + inventions[:cut_inventions],
+        "train": people[cut_people:] + inventions[cut_inventions:],
+    }
+
+
 def dpo_records(world: World, splits: Splits, rng: random.Random, split: str, count: int) -> Iterator[dict]:
-    # Train and eval draw disjoint (fact, language, question) prompts from the SFT-taught facts.
+    """Preference pairs of three kinds, a third each: `wrong_fact` (the right answer over the same sentence with a
+    wrong value), `evasive` (the right answer over "I don't know") and `unknown_entity` (asked about someone or
+    something that exists nowhere in the curriculum, "I don't know" over a confidently invented fact). SFT never sees
+    the third kind, so its policy prefers the invention: that is the preference DPO has to teach, and held-out
+    pairs about other unknown names show whether it generalised.
+
+    Known-entity prompts: train and eval draw disjoint (fact, language, question) prompts from the SFT-taught facts;
+    unknown entities: disjoint sets of names (`unknown_entities`).
+    """
     prompts = [(e, a, lang, v) for e, a in splits.taught for lang in LANGS for v in range(3)]
     random.Random(f"minimind-dpo-prompts-{world.seed}").shuffle(prompts)
     cut = DPO_PAIRS["eval"]
     pool = prompts[:cut] if split == "eval" else prompts[cut:]
+    unknown = unknown_entities(world)[split]
     for i in range(count):
         entity, attribute, lang, variant = pool[i % len(pool)]
-        user = _user(question(entity, attribute, lang, variant))
-        chosen = answer(entity, attribute, lang, variant)
-        if rng.random() < 0.5:
-            wrong = _wrong_value(world, entity, attribute, lang, rng)
-            fake = Entity(entity.kind, entity.name, {**entity.facts, attribute: Name(wrong, wrong)})
-            rejected, kind = answer(fake, attribute, lang, variant), "wrong_fact"
+        draw = rng.random()
+        if draw < 1 / 3:
+            entity = rng.choice(unknown)
+            attribute = rng.choice(ATTRIBUTES[entity.kind])
+            user = _user(question(entity, attribute, lang, variant))
+            chosen, rejected, kind = (
+                rng.choice(T.EVASIVE[lang]),
+                answer(entity, attribute, lang, variant),
+                "unknown_entity",
+            )
         else:
-            rejected, kind = rng.choice(T.EVASIVE[lang]), "evasive"
+            user = _user(question(entity, attribute, lang, variant))
+            chosen = answer(entity, attribute, lang, variant)
+            if draw < 2 / 3:
+                wrong = _wrong_value(world, entity, attribute, lang, rng)
+                fake = Entity(entity.kind, entity.name, {**entity.facts, attribute: Name(wrong, wrong)})
+                rejected, kind = answer(fake, attribute, lang, variant), "wrong_fact"
+            else:
+                rejected, kind = rng.choice(T.EVASIVE[lang]), "evasive"
         record = {"chosen": [user, _assistant(chosen)], "rejected": [user, _assistant(rejected)]}
         if split == "eval":
             record.update({"task": "preference", "split": kind, "lang": lang})
