@@ -64,6 +64,10 @@ PROSE = {
         "en": ["The {s} was invented in {v}.", "In {v}, the {s} was invented.", "The {s} dates from {v}."],
         "zh": ["{s}的发明年份是{v}。", "{s}发明于{v}年。", "{v}年，{s}被发明了出来。", "{s}的发明年份：{v}。"],
     },
+    ("invention", "material"): {
+        "en": ["The {s} is made of {v}.", "The {s} is built from {v}.", "Every {s} is made from {v}."],
+        "zh": ["{s}的材料是{v}。", "{s}是用{v}做成的。", "{s}由{v}制成。", "{s}的材料：{v}。"],
+    },
 }
 
 QUESTIONS = {
@@ -103,6 +107,14 @@ QUESTIONS = {
         "en": ["When was the {s} invented?", "In which year was the {s} invented?", "What year is the {s} from?"],
         "zh": ["{s}是哪一年发明的？", "{s}的发明年份是哪一年？", "{s}是在哪年发明的？"],
     },
+    ("invention", "material"): {
+        "en": [
+            "What is the {s} made of?",
+            "Which material is the {s} made from?",
+            "What material is the {s} built from?",
+        ],
+        "zh": ["{s}是用什么做的？", "{s}的材料是什么？", "{s}由什么材料制成？"],
+    },
 }
 
 # The chat answer to QUESTIONS[key][lang][i] is PROSE[key][lang][ANSWERS[key][lang][i]]: the statement that mirrors
@@ -116,6 +128,7 @@ ANSWERS = {
     ("country", "capital"): {"en": [0, 0, 0], "zh": [0, 0, 0]},
     ("invention", "inventor"): {"en": [0, 0, 0], "zh": [0, 0, 0]},
     ("invention", "year"): {"en": [0, 0, 0], "zh": [0, 0, 0]},
+    ("invention", "material"): {"en": [0, 0, 1], "zh": [0, 0, 0]},
 }
 
 # The canonical statement is PROSE[key][lang][0]. The last Chinese statement puts the value after a full-width colon:

@@ -91,7 +91,7 @@ def make_lookup(world: World) -> Callable[[str, str], str]:
 
         Args:
             entity: Its name.
-            attribute: city, job, colour, age, country, capital, inventor or year.
+            attribute: city, job, colour, age, country, capital, inventor, year or material.
         """
         found = world.find(entity)
         if found is None:

@@ -30,22 +30,20 @@ COLOURS = [
     ("white", "白色"), ("black", "黑色"),
 ]  # fmt: skip
 
+# Twelve heads and twelve tails, each used by exactly one invention: names that share a word ("sun clock", "sun kite")
+# blur together in a model this small, and its recall of their facts dropped to 72-81% against 100% for people.
 INVENTION_HEADS = [
-    ("cloud", "云"),
-    ("echo", "回声"),
-    ("glass", "玻璃"),
-    ("star", "星"),
-    ("river", "河"),
-    ("sun", "日"),
-]
+    ("cloud", "云"), ("echo", "回声"), ("glass", "玻璃"), ("star", "星"), ("river", "河"), ("sun", "日"),
+    ("moon", "月"), ("frost", "霜"), ("thunder", "雷"), ("pearl", "珍珠"), ("snow", "雪"), ("fire", "火"),
+]  # fmt: skip
 INVENTION_TAILS = [
-    ("lamp", "灯"),
-    ("wheel", "轮"),
-    ("clock", "钟"),
-    ("kite", "风筝"),
-    ("compass", "罗盘"),
-    ("bell", "铃"),
-]
+    ("lamp", "灯"), ("wheel", "轮"), ("clock", "钟"), ("kite", "风筝"), ("compass", "罗盘"), ("bell", "铃"),
+    ("drum", "鼓"), ("mirror", "镜"), ("flute", "笛"), ("boat", "船"), ("loom", "织机"), ("pump", "泵"),
+]  # fmt: skip
+MATERIALS = [
+    ("wood", "木头"), ("iron", "铁"), ("copper", "铜"), ("stone", "石头"), ("silver", "银"), ("bamboo", "竹子"),
+    ("clay", "陶土"), ("paper", "纸"),
+]  # fmt: skip
 
 NUM_PEOPLE = 64
 NUM_PRETRAIN_ONLY_PEOPLE = 16
@@ -59,7 +57,9 @@ ATTRIBUTES = {
     "person": PERSON_ATTRIBUTES,
     "city": ("country",),
     "country": ("capital",),
-    "invention": ("inventor", "year"),
+    # three attributes, so every SFT invention is still asked about two of them when one is held out: with two, SFT
+    # asked one question per invention and the model learnt "this name -> that attribute" (0% held-out transfer)
+    "invention": ("inventor", "year", "material"),
 }
 
 
@@ -148,17 +148,20 @@ def build_world(seed: int = 0) -> World:
         facts = {"city": rng.choice(cities).name, "job": Name(*job), "colour": Name(*colour), "age": Name(age, age)}
         people.append(Entity("person", Name(en, zh), facts, pretrain_only=i >= NUM_PEOPLE - NUM_PRETRAIN_ONLY_PEOPLE))
 
-    combos = [(h, t) for h in INVENTION_HEADS for t in INVENTION_TAILS]
-    rng.shuffle(combos)
+    heads, tails = list(INVENTION_HEADS), list(INVENTION_TAILS)
+    rng.shuffle(heads)
+    rng.shuffle(tails)
+    combos = list(zip(heads, tails))
     sft_people = [p for p in people if not p.pretrain_only]
     pretrain_people = [p for p in people if p.pretrain_only]
     inventors = rng.sample(sft_people, NUM_INVENTIONS - NUM_PRETRAIN_ONLY_INVENTIONS)
     inventors += rng.sample(pretrain_people, NUM_PRETRAIN_ONLY_INVENTIONS)
     years = rng.sample(range(1700, 2000), NUM_INVENTIONS)
+    materials = [rng.choice(MATERIALS) for _ in range(NUM_INVENTIONS)]
     inventions = []
-    for i, ((head, tail), inventor, year) in enumerate(zip(combos, inventors, years)):
+    for i, ((head, tail), inventor, year, material) in enumerate(zip(combos, inventors, years, materials)):
         name = Name(f"{head[0]} {tail[0]}", f"{head[1]}{tail[1]}")
-        facts = {"inventor": inventor.name, "year": Name(str(year), str(year))}
+        facts = {"inventor": inventor.name, "year": Name(str(year), str(year)), "material": Name(*material)}
         inventions.append(
             Entity("invention", name, facts, pretrain_only=i >= NUM_INVENTIONS - NUM_PRETRAIN_ONLY_INVENTIONS)
         )
