@@ -119,9 +119,10 @@ def test_unknown_entities_appear_only_in_their_dpo_split(curriculum):
                 assert name not in elsewhere and name not in other, entity.name
     pairs = [r for r in dpo["eval"] if r["split"] == "unknown_entity"]
     assert len(pairs) >= 40
+    evasive = {*EVASIVE["en"], *EVASIVE["zh"]}
     for record in pairs:
-        assert record["chosen"][1]["content"] in (*EVASIVE["zh"], *EVASIVE["en"])
-        assert record["rejected"][1]["content"] not in (*EVASIVE["zh"], *EVASIVE["en"])
+        assert record["chosen"][1]["content"] in evasive
+        assert record["rejected"][1]["content"] not in evasive
 
 
 def test_heldout_splits_are_well_formed(curriculum):

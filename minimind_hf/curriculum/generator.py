@@ -21,7 +21,18 @@ from pathlib import Path
 from ..data import conversation_to_messages, dpo_record_to_columns
 from . import templates as T
 from .tools import make_tools, tool_schemas
-from .world import ATTRIBUTES, INVENTION_HEADS, INVENTION_TAILS, SYLLABLES, Entity, Name, World, build_world
+from .world import (
+    ATTRIBUTES,
+    INVENTION_HEADS,
+    INVENTION_TAILS,
+    SYLLABLES,
+    Entity,
+    Name,
+    World,
+    build_world,
+    invention_name,
+    person_name,
+)
 
 
 def _source_digest() -> str:
@@ -338,21 +349,19 @@ def unknown_entities(world: World) -> dict[str, list[Entity]]:
     rng = random.Random(f"minimind-unknown-{world.seed}")
     taken = {e.name.en for e in world.entities}
     visible = {kind: [e for e in world.of_kind(kind) if not e.pretrain_only] for kind in ("person", "invention")}
-    combos = [(h, t) for h in INVENTION_HEADS for t in INVENTION_TAILS if f"{h[0]} {t[0]}" not in taken]
-    rng.shuffle(combos)
+    names = [invention_name(h, t) for h in INVENTION_HEADS for t in INVENTION_TAILS]
+    names = [name for name in names if name.en not in taken]
+    rng.shuffle(names)
     inventions = [
-        Entity("invention", Name(f"{h[0]} {t[0]}", f"{h[1]}{t[1]}"), dict(rng.choice(visible["invention"]).facts))
-        for h, t in combos[:UNKNOWN_INVENTIONS]
+        Entity("invention", name, dict(rng.choice(visible["invention"]).facts)) for name in names[:UNKNOWN_INVENTIONS]
     ]
     people: list[Entity] = []
     while len(people) < UNKNOWN_PEOPLE:
-        given, family = ([rng.choice(SYLLABLES) for _ in range(2)] for _ in range(2))
-        en = "".join(s[0] for s in given).capitalize() + " " + "".join(s[0] for s in family).capitalize()
-        if en in taken:
+        name = person_name(*([rng.choice(SYLLABLES) for _ in range(2)] for _ in range(2)))
+        if name.en in taken:
             continue
-        taken.add(en)
-        zh = "".join(s[1] for s in given) + "·" + "".join(s[1] for s in family)
-        people.append(Entity("person", Name(en, zh), dict(rng.choice(visible["person"]).facts)))
+        taken.add(name.en)
+        people.append(Entity("person", name, dict(rng.choice(visible["person"]).facts)))
     cut_people, cut_inventions = UNKNOWN_PEOPLE // 4, UNKNOWN_INVENTIONS // 4
     return {
         "eval": people[:cut_people] + inventions[:cut_inventions],
@@ -381,21 +390,16 @@ def dpo_records(world: World, splits: Splits, rng: random.Random, split: str, co
         if draw < 1 / 3:
             entity = rng.choice(unknown)
             attribute = rng.choice(ATTRIBUTES[entity.kind])
-            user = _user(question(entity, attribute, lang, variant))
-            chosen, rejected, kind = (
-                rng.choice(T.EVASIVE[lang]),
-                answer(entity, attribute, lang, variant),
-                "unknown_entity",
-            )
+        user = _user(question(entity, attribute, lang, variant))
+        reply = answer(entity, attribute, lang, variant)
+        if draw < 1 / 3:
+            chosen, rejected, kind = rng.choice(T.EVASIVE[lang]), reply, "unknown_entity"
+        elif draw < 2 / 3:
+            wrong = _wrong_value(world, entity, attribute, lang, rng)
+            fake = Entity(entity.kind, entity.name, {**entity.facts, attribute: Name(wrong, wrong)})
+            chosen, rejected, kind = reply, answer(fake, attribute, lang, variant), "wrong_fact"
         else:
-            user = _user(question(entity, attribute, lang, variant))
-            chosen = answer(entity, attribute, lang, variant)
-            if draw < 2 / 3:
-                wrong = _wrong_value(world, entity, attribute, lang, rng)
-                fake = Entity(entity.kind, entity.name, {**entity.facts, attribute: Name(wrong, wrong)})
-                rejected, kind = answer(fake, attribute, lang, variant), "wrong_fact"
-            else:
-                rejected, kind = rng.choice(T.EVASIVE[lang]), "evasive"
+            chosen, rejected, kind = reply, rng.choice(T.EVASIVE[lang]), "evasive"
         record = {"chosen": [user, _assistant(chosen)], "rejected": [user, _assistant(rejected)]}
         if split == "eval":
             record.update({"task": "preference", "split": kind, "lang": lang})

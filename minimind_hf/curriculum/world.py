@@ -112,6 +112,17 @@ def _name_from(syllables: list[tuple[str, str]], join_zh: str = "") -> tuple[str
     return "".join(s[0] for s in syllables).capitalize(), join_zh.join(s[1] for s in syllables)
 
 
+def person_name(given: list[tuple[str, str]], family: list[tuple[str, str]]) -> Name:
+    """A person's name from its given and family syllables: `Gari Sena` / `加里·塞娜`."""
+    (given_en, given_zh), (family_en, family_zh) = _name_from(given), _name_from(family)
+    return Name(f"{given_en} {family_en}", f"{given_zh}·{family_zh}")
+
+
+def invention_name(head: tuple[str, str], tail: tuple[str, str]) -> Name:
+    """An invention's name from a head and a tail word: `cloud lamp` / `云灯`."""
+    return Name(f"{head[0]} {tail[0]}", f"{head[1]}{tail[1]}")
+
+
 def build_world(seed: int = 0) -> World:
     """Builds the world for `seed`. Same seed, same world (entity order, names and facts)."""
     rng = random.Random(f"minimind-world-{seed}")
@@ -140,13 +151,11 @@ def build_world(seed: int = 0) -> World:
 
     people = []
     for i in range(NUM_PEOPLE):
-        given, family = fresh(2), fresh(2)
-        en = f"{_name_from(given)[0]} {_name_from(family)[0]}"
-        zh = f"{_name_from(given)[1]}·{_name_from(family)[1]}"
+        name = person_name(fresh(2), fresh(2))
         job, colour = rng.choice(JOBS), rng.choice(COLOURS)
         age = str(rng.randint(20, 69))
         facts = {"city": rng.choice(cities).name, "job": Name(*job), "colour": Name(*colour), "age": Name(age, age)}
-        people.append(Entity("person", Name(en, zh), facts, pretrain_only=i >= NUM_PEOPLE - NUM_PRETRAIN_ONLY_PEOPLE))
+        people.append(Entity("person", name, facts, pretrain_only=i >= NUM_PEOPLE - NUM_PRETRAIN_ONLY_PEOPLE))
 
     heads, tails = list(INVENTION_HEADS), list(INVENTION_TAILS)
     rng.shuffle(heads)
@@ -160,9 +169,13 @@ def build_world(seed: int = 0) -> World:
     materials = [rng.choice(MATERIALS) for _ in range(NUM_INVENTIONS)]
     inventions = []
     for i, ((head, tail), inventor, year, material) in enumerate(zip(combos, inventors, years, materials)):
-        name = Name(f"{head[0]} {tail[0]}", f"{head[1]}{tail[1]}")
         facts = {"inventor": inventor.name, "year": Name(str(year), str(year)), "material": Name(*material)}
         inventions.append(
-            Entity("invention", name, facts, pretrain_only=i >= NUM_INVENTIONS - NUM_PRETRAIN_ONLY_INVENTIONS)
+            Entity(
+                "invention",
+                invention_name(head, tail),
+                facts,
+                pretrain_only=i >= NUM_INVENTIONS - NUM_PRETRAIN_ONLY_INVENTIONS,
+            )
         )
     return World(seed=seed, entities=people + cities + countries + inventions)
