@@ -25,10 +25,10 @@ from datasets import concatenate_datasets
 from peft import LoraConfig, PeftConfig, PeftModel
 from peft.tuners.tuners_utils import check_target_module_exists
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoModelForCausalLM
 
 from .chat_templates import get_chat_template
-from .converters.common import atomic_output
+from .converters.common import atomic_output, save_generation_config
 from .modeling_minimind import MiniMindTopKRouter
 from .tokenization import load_tokenizer
 from .training import RecipeError
@@ -223,9 +223,7 @@ def merge_lora(
     with atomic_output(output_dir, overwrite=overwrite) as staged:
         merged.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
-        GenerationConfig(
-            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-        ).save_pretrained(staged)
+        save_generation_config(config, staged)
     return output_dir
 
 

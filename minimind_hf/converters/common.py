@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from transformers import GenerationConfig
 
 from ..configuration_minimind import MiniMindConfig
 
@@ -43,6 +44,13 @@ def atomic_output(target: str | os.PathLike, overwrite: bool = False) -> Iterato
         os.replace(staged, target)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def save_generation_config(config, out: str | os.PathLike) -> None:
+    """Write the `generation_config.json` of a saved folder: `config`'s BOS, EOS and pad ids."""
+    GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    ).save_pretrained(out)
 
 
 def load_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:

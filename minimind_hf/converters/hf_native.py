@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import GenerationConfig, LlamaConfig, MixtralConfig, PreTrainedConfig, Qwen3Config, Qwen3MoeConfig
+from transformers import LlamaConfig, MixtralConfig, PreTrainedConfig, Qwen3Config, Qwen3MoeConfig
 
 from ..configuration_minimind import MiniMindConfig
 from .common import (
@@ -28,6 +28,7 @@ from .common import (
     describe_model,
     folded_experts,
     resolve_source,
+    save_generation_config,
     yarn_parameters,
 )
 
@@ -230,9 +231,7 @@ def export_native(
         save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
         write_tokenizer(out, tokenizer, folder)
         if not (out / "generation_config.json").is_file():
-            GenerationConfig(
-                bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-            ).save_pretrained(out)
+            save_generation_config(config, out)
     return Path(dst)
 
 

@@ -17,12 +17,12 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import AutoTokenizer
 
 from ..chat_templates import get_chat_template
 from ..configuration_minimind import PRESETS, UPSTREAM_YARN_PARAMETERS, MiniMindConfig
 from ..modeling_minimind import MiniMindForCausalLM
-from .common import ConversionError, atomic_output, check_state_dict, load_state_dict
+from .common import ConversionError, atomic_output, check_state_dict, load_state_dict, save_generation_config
 
 # Wrappers training code leaves on state-dict keys: torch.compile and DistributedDataParallel.
 STRIP_PREFIXES = ("_orig_mod.", "module.")
@@ -193,9 +193,7 @@ def save_minimind_folder(
     with atomic_output(dst, overwrite=overwrite) as out:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        GenerationConfig(
-            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-        ).save_pretrained(out)
+        save_generation_config(config, out)
     return Path(dst)
 
 
