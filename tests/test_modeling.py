@@ -1,10 +1,16 @@
 """Behaviour of the MiniMind modules: caching, attention backends, packing, padding, checkpointing, MoE routing and
 the standard transformers output contracts."""
 
+import re
+
 import pytest
 import torch
+from transformers.cache_utils import DynamicCache
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
-from minimind_hf import MiniMindForCausalLM, MiniMindForSequenceClassification
+from minimind_hf import MiniMindConfig, MiniMindForCausalLM, MiniMindForSequenceClassification
+from minimind_hf.configuration_minimind import MINIMIND3_UPSTREAM_AUX_COEF
+from minimind_hf.modeling_minimind import CACHE_ARG
 from tests.conftest import briefly_trained, pattern_tokens, tiny_config, tiny_model
 
 
@@ -28,19 +34,31 @@ def test_greedy_generate_with_cache_equals_without(trained, variant):
     assert len(set(with_cache[0, 8:].tolist())) > 1  # the trained model is not stuck on one token
 
 
-def test_incremental_decoding_logits_equal_full_forward(trained, variant):
+@pytest.mark.parametrize("spelling", ["past_key_values", "cache"])
+def test_incremental_decoding_logits_equal_full_forward(trained, variant, spelling):
+    """Callers may pass the KV cache under either name on every supported transformers (5.24 renamed it); the
+    output carries it under the installed version's name, which is the one `generate` reads."""
     model = trained[variant]
     seq = ids(2, (2, 16))
     with torch.no_grad():
         full = model(seq).logits
         out = model(seq[:, :10], use_cache=True)
         steps = [out.logits]
-        cache = out.past_key_values
+        cache = getattr(out, CACHE_ARG)
+        assert isinstance(cache, DynamicCache) and cache.get_seq_length() == 10
         for t in range(10, 16):
-            out = model(seq[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(seq[:, t : t + 1], use_cache=True, **{spelling: cache})
+            cache = getattr(out, CACHE_ARG)
             steps.append(out.logits)
+    assert cache.get_seq_length() == 16
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_under_both_names_at_once_is_refused():
+    model = tiny_model()
+    cache = getattr(model(ids(), use_cache=True), CACHE_ARG)
+    with pytest.raises(ValueError, match="not both"):
+        model(ids(), past_key_values=cache, cache=cache)
 
 
 def test_eager_equals_sdpa(variant):
@@ -90,13 +108,15 @@ def test_left_padded_batch_equals_unpadded_runs(trained, variant):
 
 
 def test_gradient_checkpointing_gives_same_gradients(variant):
+    """With `use_cache=True` too: checkpointing must drop the layers' cache (transformers clears it by the name the
+    layer receives it under), or the backward replay appends to it a second time."""
     seq = ids(9)
     grads = []
     for checkpointing in (False, True):
         model = tiny_model(variant).train()
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model(seq, labels=seq).loss.backward()
+        model(seq, labels=seq, use_cache=True).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
     for name in grads[0]:
@@ -209,3 +229,51 @@ def test_sequence_classification_scores_the_last_real_token():
     assert a.shape == (1, 1)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, model.score(hidden))
+
+
+def test_tensor_parallel_plan_matches_every_variant(variant):
+    """As transformers' `ModelTesterMixin.test_tp_plan_matches_params`: every plan entry names parameters the model
+    has (layer and expert numbers as `*`). And every projection of the decoder is in the plan (only the router and
+    the norms stay replicated), so `tp_plan="auto"` shards the whole model."""
+    model = tiny_model(variant)
+    plan = model.config.base_model_tp_plan
+    generic = {re.sub(r"\.\d+(?=\.|$)", ".*", name.removeprefix("model.")) for name, _ in model.named_parameters()}
+    modules = {name.rsplit(".", 1)[0] for name in generic}
+    assert not [entry for entry in plan if entry not in generic | modules]
+    linears = {
+        re.sub(r"\.\d+(?=\.|$)", ".*", name.removeprefix("model."))
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith("model.layers.")
+    }
+    assert linears == {entry for entry in plan if entry.startswith("layers.")}
+
+
+def upstream_minimind3_switch_loss(router_logits, num_experts):
+    """upstream minimind-3's balance loss, written here without transformers: per
+    layer E * sum_e f_e * P_e (f_e the share of tokens whose top-1 expert is e, P_e the mean router probability of e),
+    summed over layers."""
+    total = 0.0
+    for logits in router_logits:
+        probs = logits.softmax(-1)
+        f = torch.nn.functional.one_hot(probs.argmax(-1), num_experts).float().mean(0)
+        total = total + num_experts * (f * probs.mean(0)).sum()
+    return total
+
+
+def test_minimind3_moe_balance_pressure_matches_upstream():
+    """The preset's coefficient on transformers' all-layer Switch loss pushes each router probability exactly as
+    upstream's 5e-4 on its per-layer sum does, when every layer routes alike (identical logits per layer)."""
+    config = MiniMindConfig.from_preset("minimind3-moe")
+    layers, experts = config.num_hidden_layers, config.num_experts
+    assert config.router_aux_loss_coef == pytest.approx(MINIMIND3_UPSTREAM_AUX_COEF * layers)
+    one_layer = torch.randn(40, experts, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for loss_fn, coef in (
+        (lambda logits: load_balancing_loss_func(logits, experts, 1), config.router_aux_loss_coef),
+        (lambda logits: upstream_minimind3_switch_loss(logits, experts), MINIMIND3_UPSTREAM_AUX_COEF),
+    ):
+        leaf = one_layer.clone().requires_grad_(True)
+        (coef * loss_fn((leaf,) * layers)).backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-12)
+    assert grads[0].abs().max() > 0

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..chat_templates import get_chat_template
-from ..configuration_minimind import PRESETS, UPSTREAM_YARN_PARAMETERS, MiniMindConfig
+from ..configuration_minimind import MINIMIND3_UPSTREAM_AUX_COEF, PRESETS, UPSTREAM_YARN_PARAMETERS, MiniMindConfig
 from ..modeling_minimind import MiniMindForCausalLM
 from .common import ConversionError, atomic_output, check_state_dict, load_state_dict, save_generation_config
 
@@ -31,7 +31,7 @@ LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
 MINIMIND2_DEFAULTS = {"rms_norm_eps": 1e-5}
 MINIMIND3_DEFAULTS = {"rms_norm_eps": 1e-6}
 MINIMIND2_MOE_DEFAULTS = {"num_experts_per_tok": 2, "router_aux_loss_coef": 0.01, "router_aux_loss_type": "seq"}
-MINIMIND3_MOE_DEFAULTS = {"num_experts_per_tok": 1, "router_aux_loss_coef": 5e-4, "router_aux_loss_type": "switch"}
+MINIMIND3_MOE_DEFAULTS = {"num_experts_per_tok": 1, "router_aux_loss_type": "switch"}
 DEFAULT_NUM_HEADS = 8
 
 
@@ -131,7 +131,10 @@ def infer_config(
             "moe_intermediate_size": width,
             "intermediate_size": width,
         }
-        defaults |= MINIMIND2_MOE_DEFAULTS if shared else MINIMIND3_MOE_DEFAULTS
+        if shared:
+            defaults |= MINIMIND2_MOE_DEFAULTS
+        else:  # upstream's coefficient weighs a loss summed over layers; ours is one loss over all of them
+            defaults |= MINIMIND3_MOE_DEFAULTS | {"router_aux_loss_coef": MINIMIND3_UPSTREAM_AUX_COEF * num_layers}
     else:
         inferred |= {
             "num_experts": 0,
