@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 OUT ?= outputs/quickstart
 
-.PHONY: install quickstart test test-slow test-engines engines style bench
+.PHONY: install quickstart test test-slow test-compat test-engines engines style bench
 
 install:
 	$(PIP) install -q torch==2.13.0
@@ -17,6 +17,10 @@ test: install
 
 test-slow: install
 	$(PYTHON) -m pytest -q -m slow
+
+# The default suite on the lowest versions setup.cfg allows and on the newest releases on PyPI (see .ci/compat.sh).
+test-compat:
+	bash .ci/compat.sh lowest latest
 
 engines:
 	bash .ci/engines.sh

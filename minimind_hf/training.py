@@ -12,8 +12,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, set_seed
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
@@ -110,7 +111,12 @@ def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None):
         unknown = sorted(set(config) - known)
         if unknown:
             raise RecipeError(f"{config_path}: unknown key(s) {', '.join(unknown)}")
-    return TrlParser(dataclass_types).parse_args_and_config(args=argv)
+    parsed = TrlParser(dataclass_types).parse_args_and_config(args=argv)
+    for args in parsed:
+        # Trainer pins DataLoader memory by default; without an accelerator that does nothing but make torch warn.
+        if isinstance(args, TrainingArguments) and args.dataloader_pin_memory and not torch.accelerator.is_available():
+            args.dataloader_pin_memory = False
+    return parsed
 
 
 def recipe_tokenizer(model_args: ModelArguments):

@@ -256,7 +256,14 @@ def test_trl_sft_assistant_only_labels(tmp_path, training_tokenizer):
                 body = call.get("function", call)
                 if not isinstance(body["arguments"], str):
                     body["arguments"] = json.dumps(body["arguments"], ensure_ascii=False)
-    args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, report_to=[], max_steps=1, use_cpu=True)
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        assistant_only_loss=True,
+        report_to=[],
+        max_steps=1,
+        use_cpu=True,
+        activation_checkpointing=False,
+    )
     trainer = SFTTrainer(
         model=LlamaForCausalLM(config),
         args=args,

@@ -70,7 +70,7 @@ def test_every_shipped_yaml_parses_with_its_recipe(path):
     training_args, model_args = args[1], args[2]
     assert training_args.output_dir == raw["output_dir"]
     assert training_args.lr_scheduler_type == "cosine_with_min_lr" and training_args.warmup_steps == 0
-    assert training_args.gradient_checkpointing is False
+    assert training_args.activation_checkpointing is False
     assert raw["bf16"] is (path.parent.name != "tiny")
     if path.stem == "lora":
         assert args[3].lora_r == 8 and "gate" not in args[3].lora_target_modules
@@ -432,7 +432,7 @@ def distill_trainer(student, teacher, alpha, temperature, tmp_path):
         max_length=128,
         report_to="none",
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
     )
     dataset = distill.load_sft_dataset([ROOT / "tests/fixtures/upstream/sft.jsonl"])
     return LogitDistillationTrainer(
@@ -493,7 +493,7 @@ def reasoning_trainer(model, tag_weight, data, tmp_path):
         max_length=128,
         report_to="none",
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
     )
     dataset = load_reasoning_dataset([data["reasoning"]])
     return ReasoningSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
