@@ -10,14 +10,18 @@ SFT never asked (they are only in the pretraining prose); `pretrain_only` asks a
 `arith` is held-out arithmetic. Each stage's YAML (`recipes/tiny/*.yaml`) holds its hyperparameters.
 """
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from minimind_hf.curriculum import ensure_curriculum, evaluate, load_eval_records, make_generate_fn, score
@@ -64,26 +68,42 @@ def run_stage(module, config: str, out: Path, extra: list[str]) -> dict:
     return stage_metrics(out, final)
 
 
-def main(args: QuickstartArguments) -> dict:
-    start = time.time()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = ensure_curriculum(seed=args.curriculum_seed)
-    seed = ["--curriculum_seed", str(args.curriculum_seed)]
+def check_cached_decoding(model, tokenizer) -> None:
+    """Greedy decoding with the KV cache must give the logits a full forward over the same tokens gives: a model and
+    transformers that disagree on how the cache is passed decode wrong text without any error."""
+    prompt = tokenizer("<|im_start|>user\nhello<|im_end|>\n", return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(
+            **prompt,
+            max_new_tokens=8,
+            do_sample=False,
+            min_new_tokens=8,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        full = model(out.sequences).logits[0, prompt["input_ids"].shape[1] - 1 : -1]
+    gap = (torch.cat(out.logits) - full).abs().max().item()
+    if gap > 1e-3:
+        raise RuntimeError(
+            f"cached greedy decoding disagrees with a full forward (max |logit gap| {gap:.3g}): this transformers "
+            f"({transformers.__version__}) and the model pass the KV cache differently"
+        )
 
-    print("== 1/3 pretraining the tiny model on the curriculum prose", flush=True)
-    metrics = {"pretrain": run_stage(pretrain, args.pretrain_config, out / "pretrain", seed)}
-    print("== 2/3 supervised fine-tuning on the curriculum dialogues", flush=True)
+
+def run_pipeline(args: QuickstartArguments, out: Path, extra: list[str], records: list[dict], say=print) -> dict:
+    """Pretrain, SFT, then greedy evaluation of `records` and the sample answers: the metrics of one run."""
+    extra = ["--curriculum_seed", str(args.curriculum_seed), *extra]
+    say("== 1/3 pretraining the tiny model on the curriculum prose")
+    metrics = {"pretrain": run_stage(pretrain, args.pretrain_config, out / "pretrain", extra)}
+    say("== 2/3 supervised fine-tuning on the curriculum dialogues")
     metrics["sft"] = run_stage(
-        sft, args.sft_config, out / "sft", [*seed, "--model_name_or_path", str(out / "pretrain")]
+        sft, args.sft_config, out / "sft", [*extra, "--model_name_or_path", str(out / "pretrain")]
     )
 
-    print("== 3/3 greedy evaluation on held-out questions", flush=True)
+    say("== 3/3 greedy evaluation on held-out questions")
     model = AutoModelForCausalLM.from_pretrained(out / "sft").eval()
     tokenizer = load_tokenizer(out / "sft")
-    records = load_eval_records(paths["sft"]["eval"])
+    check_cached_decoding(model, tokenizer)
     generate = make_generate_fn(model, tokenizer, batch_size=args.eval_batch_size, max_new_tokens=32)
     metrics["eval"] = evaluate(records, generate)
 
@@ -105,6 +125,37 @@ def main(args: QuickstartArguments) -> dict:
         for r, a in zip(picks, answers)
     ]
     metrics["threads"] = torch.get_num_threads()
+    return metrics
+
+
+def dry_run(args: QuickstartArguments, out: Path, records: list[dict]) -> None:
+    """Every step of the run in seconds before minutes of training: one pretraining step and one SFT step, saving and
+    reloading, cached decoding against a full forward, a left-padded evaluation batch with one question per split and
+    language, and the report. A broken environment (a new transformers, say) fails here, not after training."""
+    dry = out / "dry_run"
+    shutil.rmtree(dry, ignore_errors=True)
+    one_each = list({(r["split"], r["lang"]): r for r in records}.values())
+    quiet = ["--max_steps", "1", "--logging_steps", "1", "--disable_tqdm", "true"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        metrics = run_pipeline(args, dry, quiet, one_each, say=lambda _: None)
+        metrics["wall_time_s"] = 0.0
+        report(metrics, dry)
+    shutil.rmtree(dry)
+
+
+def main(args: QuickstartArguments) -> dict:
+    start = time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_eval_records(ensure_curriculum(seed=args.curriculum_seed)["sft"]["eval"])
+
+    print("== 0/3 dry run: every step once on an untrained model", flush=True)
+    dry_start = time.time()
+    dry_run(args, out, records)
+    print(f"   ok in {time.time() - dry_start:.0f} s", flush=True)
+    metrics = run_pipeline(args, out, [], records, say=lambda line: print(line, flush=True))
     metrics["wall_time_s"] = round(time.time() - start, 1)
 
     tmp = out / "metrics.json.tmp"

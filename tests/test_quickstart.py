@@ -2,6 +2,9 @@
 report; the real run (slow) answers most held-out questions whose facts it saw only in pretraining."""
 
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
 import quickstart  # noqa: E402
+
+from minimind_hf.tokenization import load_tokenizer  # noqa: E402
+from tests.conftest import briefly_trained, tiny_model  # noqa: E402
 
 SMALL = json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "head_dim": 32, "intermediate_size": 128})
 
@@ -24,32 +30,79 @@ def shortened(tmp_path, stage, **changes):
     return str(path)
 
 
-def test_shortened_quickstart_writes_metrics_and_reports(tmp_path, capsys):
-    out = tmp_path / "qs"
-    args = quickstart.QuickstartArguments(
-        output_dir=str(out),
-        pretrain_config=shortened(
-            tmp_path, "pretrain", max_steps=3, logging_steps=1, config_overrides=SMALL, max_length=64
-        ),
-        sft_config=shortened(tmp_path, "sft", max_steps=2, logging_steps=1, max_length=128),
-        samples=3,
-    )
-    metrics = quickstart.main(args)
+def shortened_args(tmp_path) -> list[str]:
+    pretrain = shortened(tmp_path, "pretrain", max_steps=3, logging_steps=1, config_overrides=SMALL, max_length=64)
+    sft = shortened(tmp_path, "sft", max_steps=2, logging_steps=1, max_length=128)
+    return ["--pretrain_config", pretrain, "--sft_config", sft, "--samples", "3"]
 
-    on_disk = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert on_disk == metrics
-    assert not (out / "metrics.json.tmp").exists()
+
+# tqdm's progress bars: "Map: 100%|####| 64/64 [00:00<00:00, 812.3 examples/s]", " 33%|###  | 1/3 [00:01<00:02, 1.1s/it]"
+PROGRESS_BAR = re.compile(r"^[^|]*\d+%\|.*\|.*\[[\d:<?]+.*\]$")
+
+
+def test_shortened_quickstart_writes_metrics_and_reports_on_a_clean_terminal(tmp_path):
+    """The README's first command, shortened, as a user runs it: metrics.json written atomically, the report on
+    stdout, and on stderr nothing but progress bars (no deprecation warnings, no library chatter)."""
+    out = tmp_path / "qs"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "recipes/quickstart.py"), "--output_dir", str(out), *shortened_args(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert not (out / "metrics.json.tmp").exists() and not (out / "dry_run").exists()
     for stage in ("pretrain", "sft"):
         assert metrics[stage]["tokens"] > 0 and metrics[stage]["tokens_per_s"] > 0
         assert metrics[stage]["first_loss"] is not None and metrics[stage]["last_loss"] is not None
         assert (out / stage / "model.safetensors").exists()
     assert {"all", "sft_entities", "pretrain_only", "arith"} <= set(metrics["eval"])
-    assert all(0.0 <= v <= 1.0 for v in metrics["eval"].values())
     assert len(metrics["samples"]) == 3 and {"question", "answer", "expected", "correct"} <= set(metrics["samples"][0])
     assert metrics["wall_time_s"] > 0 and metrics["threads"] >= 1
 
-    printed = capsys.readouterr().out
-    assert "held-out exact match" in printed and "sft_entities" in printed and str(out / "metrics.json") in printed
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("== 0/3 dry run") and lines[1].strip().startswith("ok in")
+    assert "held-out exact match:" in lines and str(out / "metrics.json") in lines[-1]
+    chatter = [
+        line for line in re.split(r"[\r\n]+", run.stderr) if line.strip() and not PROGRESS_BAR.match(line.strip())
+    ]
+    assert not chatter, "\n".join(chatter[:20])
+
+
+def test_quickstart_fails_in_the_dry_run_before_training(tmp_path, monkeypatch):
+    """An evaluation that would crash after minutes of training crashes in the seconds-long dry run instead."""
+
+    def broken(records, generate):
+        raise RuntimeError("evaluation is broken")
+
+    monkeypatch.setattr(quickstart, "evaluate", broken)
+    out = tmp_path / "qs"
+    args = quickstart.QuickstartArguments(output_dir=str(out))
+    args.pretrain_config, args.sft_config = shortened_args(tmp_path)[1:4:2]
+    with pytest.raises(RuntimeError, match="evaluation is broken"):
+        quickstart.main(args)
+    assert (out / "dry_run" / "sft" / "model.safetensors").exists()  # it got that far ...
+    assert not (out / "pretrain").exists() and not (out / "metrics.json").exists()  # ... and no further
+
+
+def test_cached_decoding_check_catches_a_dropped_cache(monkeypatch):
+    """The dry run's cache check fails loudly on the silent failure transformers 5.24 caused: a model that receives
+    no cache from `generate` and decodes every step from its newest token alone."""
+    model = briefly_trained(tiny_model())
+    tokenizer = load_tokenizer()
+    quickstart.check_cached_decoding(model, tokenizer)
+    forward = model.model.forward
+
+    def without_cache(*args, **kwargs):
+        kwargs.pop("past_key_values", None)
+        kwargs.pop("cache", None)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "forward", without_cache)
+    with pytest.raises(RuntimeError, match="cached greedy decoding disagrees"):
+        quickstart.check_cached_decoding(model, tokenizer)
 
 
 @pytest.mark.slow
