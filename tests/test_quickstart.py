@@ -107,7 +107,7 @@ def test_cached_decoding_check_catches_a_dropped_cache(monkeypatch):
 
 @pytest.mark.slow
 def test_quickstart_transfers_pretraining_facts_into_chat(tmp_path):
-    """The full quickstart (about seven and a half minutes on two quiet cores): >= 80% exact match on held-out
+    """The full quickstart (about nine minutes on two quiet cores): >= 80% exact match on held-out
     questions about SFT-taught entities whose asked facts appear only in pretraining (measured 82.8%: see README)."""
     metrics = quickstart.main(quickstart.QuickstartArguments(output_dir=str(tmp_path / "qs")))
     print(json.dumps({k: metrics[k] for k in ("pretrain", "sft", "eval", "wall_time_s")}, indent=1))
