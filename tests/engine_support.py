@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from minimind_hf.modeling_minimind import CACHE_ARG
+
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("MINIMIND_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
 
@@ -32,8 +34,8 @@ def greedy_reference(model, prompt: list[int], steps: int = 32) -> tuple[list[in
     tokens, logprobs, past = [], [], None
     inputs = torch.tensor([prompt])
     for _ in range(steps):
-        out = model(inputs, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(inputs, use_cache=True, **{CACHE_ARG: past})
+        past = getattr(out, CACHE_ARG)
         step = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         token = int(step.argmax())
         tokens.append(token)
