@@ -1,0 +1,222 @@
+"""Every command and Python snippet in the README files works as written.
+
+Commands are read from the documents themselves: fenced `bash` / `python` blocks and inline code that starts with a
+command. Each is run, in document order, in a sandbox folder (the repository's `recipes/`, `accelerate_configs/` and
+`convert/` linked in, fixtures under the names the documents use), so a command that depends on an earlier one's
+output finds it. What runs how:
+
+- tiny-preset recipes, converters, the curriculum CLI and the Python snippets run for real (recipes with
+  `--max_steps 1`);
+- recipes on GPU presets are parsed by their own argument parser (as `accelerate launch` would start them, with the
+  documented `--bf16 false` on a CPU), and so is the quickstart (`make quickstart` runs it for real elsewhere);
+- `make` targets are checked with `make -n`;
+- commands that need what this machine cannot have (a GPU engine, ollama, a Hub token) are listed in `NOT_HERE`
+  with the reason; every entry there must still appear in the documents, and every documented command must be
+  handled, so a new command cannot go unchecked.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_roundtrip import upstream_config
+
+from minimind_hf import MiniMindConfig, MiniMindForCausalLM
+from minimind_hf.tokenization import load_tokenizer
+from minimind_hf.training import parse_recipe_args
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+import distill  # noqa: E402
+import dpo  # noqa: E402
+import lora  # noqa: E402
+import merge_lora  # noqa: E402
+import pretrain  # noqa: E402
+import quickstart  # noqa: E402
+import reason  # noqa: E402
+import sft  # noqa: E402
+import train_tokenizer  # noqa: E402
+
+DOCS = ["README.md", "recipes/README.md", "convert/README.md", "accelerate_configs/README.md", "docs/data.md"]
+COMMAND_START = re.compile(r"^(python3? |accelerate launch |make |bash |pytest |llama-server |cd )")
+
+RECIPE_TYPES = {
+    "pretrain": (pretrain.PretrainDataArguments, pretrain.SFTConfig, pretrain.ModelArguments),
+    "sft": (sft.SFTDataArguments, sft.SFTConfig, sft.ModelArguments),
+    "lora": (lora.LoraDataArguments, lora.SFTConfig, lora.ModelArguments, lora.LoraArguments),
+    "merge_lora": (merge_lora.MergeArguments,),
+    "dpo": (dpo.DPODataArguments, dpo.DPOConfig, dpo.ModelArguments, dpo.DPOLoraArguments),
+    "distill": (distill.DistillDataArguments, distill.LogitDistillationConfig, distill.ModelArguments),
+    "reason": (reason.ReasonDataArguments, reason.ReasoningSFTConfig, reason.ModelArguments),
+    "train_tokenizer": (train_tokenizer.TokenizerArguments,),
+}
+TRAINING = {"pretrain", "sft", "lora", "dpo", "distill", "reason"}
+ONE_STEP = ["--max_steps", "1", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none"]
+
+NOT_HERE = {
+    "make quickstart": "the quickstart itself (tests/test_quickstart.py runs it; `make -n` would hide nothing)",
+    "make test": "the test suite itself",
+    "python -m vllm.entrypoints.openai.api_server --model out/minimind2-small-llama": "vLLM lives in its own venv "
+    "(.ci/engines.sh); tests/test_serving.py serves through it",
+    "python -m vllm.entrypoints.openai.api_server --model out/minimind2-moe": "as above",
+    "llama-server -m out/minimind2-small-f16.gguf --jinja": "built by .ci/engines.sh; tests/test_serving.py runs it",
+    "cd out/minimind2-small-ollama && ollama create minimind2-small -f Modelfile && ollama run minimind2-small": (
+        "ollama cannot be installed here; tests/test_convert_ollama_hub.py renders its template with Go"
+    ),
+    "python convert/to_hub.py --model out/minimind2-small --out out/hub --repo-id your-name/minimind2-small "
+    "--overwrite --push": "needs a Hub token and the network",
+    "bash .ci/engines.sh": "builds the engines (tens of minutes); CI runs it",
+    'pytest -m "vllm or llamacpp"': "the engine tests (make test-engines)",
+    "pytest -m slow tests/test_post_training_effects.py -s": "the slow tier (make test-slow)",
+}
+
+
+def documented() -> list[tuple[str, str]]:
+    """(document, command) in reading order: shell lines of fenced bash blocks (continuations joined, comments
+    dropped), fenced python blocks whole, and inline code spans that start with a command."""
+    found = []
+    for doc in DOCS:
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        spans = []
+        for match in re.finditer(r"```(\w*)\n(.*?)```", text, re.S):
+            spans.append((match.start(), match.group(1), match.group(2)))
+        fenced = [(m.start(), m.end()) for m in re.finditer(r"```.*?```", text, re.S)]
+        for match in re.finditer(r"`([^`\n]+(?:\n[^`\n]+)?)`", text):
+            if not any(a <= match.start() < b for a, b in fenced):
+                spans.append((match.start(), "inline", match.group(1)))
+        for _, kind, body in sorted(spans, key=lambda span: span[0]):
+            if kind == "python":
+                found.append((doc, body))
+            elif kind == "bash":
+                for line in body.replace("\\\n", " ").splitlines():
+                    line = re.sub(r"(^|\s{2,})#.*$", "", line).strip()
+                    if line:
+                        found.append((doc, re.sub(r"\s+", " ", line)))
+            elif kind == "inline" and COMMAND_START.match(body.strip()):
+                found.append((doc, re.sub(r"\s+", " ", body.strip())))
+    return found
+
+
+def write_fixtures(sandbox: Path) -> None:
+    """Files the documents name as inputs, with real shapes: upstream's `full_sft_512.pth` (MiniMind2-Small) and
+    `full_sft_640_moe.pth` (MiniMind2-MoE) as fp16 state dicts, upstream's tokenizer folder `minimind/model`, a
+    published upstream folder `MiniMind2`, and the folders the Python snippet loads."""
+    for name in ("recipes", "accelerate_configs", "convert"):
+        (sandbox / name).symlink_to(ROOT / name)
+    tokenizer = load_tokenizer()
+    tokenizer.save_pretrained(sandbox / "minimind/model")
+    torch.manual_seed(0)
+    for preset, name in (("minimind2-small", "full_sft_512.pth"), ("minimind2-moe", "full_sft_640_moe.pth")):
+        model = MiniMindForCausalLM(MiniMindConfig.from_preset(preset))
+        torch.save({k: v.detach().half().clone() for k, v in model.state_dict().items()}, sandbox / name)
+    tiny = MiniMindForCausalLM(MiniMindConfig.from_preset("tiny"))
+    folder = sandbox / "MiniMind2"
+    tokenizer.save_pretrained(folder)
+    torch.save({k: v.detach().half().clone() for k, v in tiny.state_dict().items()}, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps(upstream_config(tiny.config, "minimind2")))
+    for path in ("outputs/quickstart/sft", "folder"):
+        tiny.save_pretrained(sandbox / path)
+        tokenizer.save_pretrained(sandbox / path)
+
+
+def script_and_args(command: str) -> tuple[str, list[str]]:
+    """The Python script a `python ...` or `accelerate launch ...` command starts, and its arguments; an accelerate
+    config it names must exist and parse."""
+    words = shlex.split(command)
+    if words[:2] == ["accelerate", "launch"]:
+        script = next(i for i, word in enumerate(words) if word.endswith(".py"))
+        config = words[words.index("--config_file") + 1]
+        assert (ROOT / config).is_file(), config
+        yaml.safe_load((ROOT / config).read_text())
+        return words[script], words[script + 1 :]
+    assert words[0] in ("python", "python3"), command
+    return words[1], words[2:]
+
+
+def check(command: str, sandbox: Path) -> str:
+    """Run or parse one documented command; returns what was done (for the test's report)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    if "\n" in command or command.startswith(("import ", "from ")):
+        run = subprocess.run([sys.executable, "-c", command], cwd=sandbox, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return "ran the snippet"
+    if command.startswith("make "):
+        run = subprocess.run(["make", "-n", *shlex.split(command)[1:]], cwd=ROOT, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return "make -n"
+    script, args = script_and_args(command)
+    if script == "-m":  # stdin closed: the chat CLI reads none and exits
+        run = subprocess.run(
+            [sys.executable, "-m", *args],
+            cwd=sandbox,
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        return "ran"
+    stage = Path(script).stem
+    if script.startswith("convert/") or "recipes/tiny/" in command or "outputs/tiny/" in command:
+        extra = ONE_STEP if stage in TRAINING else []
+        run = subprocess.run(
+            [sys.executable, script, *args, *extra], cwd=sandbox, env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        return "ran" + (" one step" if extra else "")
+    if stage == "quickstart":
+        quickstart.HfArgumentParser(quickstart.QuickstartArguments).parse_args_into_dataclasses(args=args)
+        return "parsed"
+    assert stage in RECIPE_TYPES, f"no rule for {command!r}"
+    config = yaml.safe_load((ROOT / args[args.index("--config") + 1]).read_text()) if "--config" in args else {}
+    if config.get("bf16") and not torch.cuda.is_available():
+        args = [*args, "--bf16", "false"]  # as the README says for a CPU
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the documents' relative paths are from the repository root
+    try:
+        parse_recipe_args(RECIPE_TYPES[stage], args)
+    finally:
+        os.chdir(cwd)
+    return "parsed"
+
+
+def test_every_documented_command_works_as_written(tmp_path):
+    commands = documented()
+    texts = [command for _, command in commands]
+    assert len(texts) > 30, texts  # the extraction found the documents' commands
+    assert not [entry for entry in NOT_HERE if entry not in texts], "NOT_HERE lists commands no document has"
+    write_fixtures(tmp_path)
+    failures, report = [], []
+    for doc, command in commands:
+        if command in NOT_HERE or re.search(r"<\w+>", command):  # placeholders: a usage synopsis, not a command
+            continue
+        start = time.time()
+        try:
+            done = check(command, tmp_path)
+            report.append(f"{doc}: {done} ({time.time() - start:.1f} s): {command[:90]}")
+        except (AssertionError, SystemExit, Exception) as error:  # collect them all, then fail once
+            failures.append(f"{doc}: {command}\n    {type(error).__name__}: {str(error)[-1500:]}")
+    print("\n".join(report))
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("```bash\npython a.py \\\n    --x 1  # note\n# comment\n```", ["python a.py --x 1"]),
+        ("run `python b.py --y 2` then `not a command`", ["python b.py --y 2"]),
+    ],
+)
+def test_extraction_reads_blocks_and_inline_commands(tmp_path, monkeypatch, text, expected):
+    (tmp_path / "doc.md").write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "DOCS", ["doc.md"])
+    assert [command for _, command in documented()] == expected
