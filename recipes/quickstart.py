@@ -1,5 +1,7 @@
-"""The CPU quickstart: the `tiny` preset pretrained on the embedded curriculum, then SFT, then greedy evaluation on
-held-out questions, then a few sample answers. Metrics go to `<output_dir>/metrics.json` and are printed.
+"""The CPU quickstart: the `tiny` preset pretrained on the embedded curriculum (then cloze recall of held-out facts),
+then SFT, then greedy evaluation on held-out questions, then a few sample answers. A dry run of every step on an
+untrained model comes first, so a broken environment fails in seconds. Metrics go to `<output_dir>/metrics.json`
+and are printed.
 
     make quickstart
     # which runs:
@@ -90,11 +92,19 @@ def check_cached_decoding(model, tokenizer) -> None:
         )
 
 
-def run_pipeline(args: QuickstartArguments, out: Path, extra: list[str], records: list[dict], say=print) -> dict:
-    """Pretrain, SFT, then greedy evaluation of `records` and the sample answers: the metrics of one run."""
+def run_pipeline(
+    args: QuickstartArguments, out: Path, extra: list[str], records: list[dict], cloze: list[dict], say=print
+) -> dict:
+    """Pretrain (then cloze recall of `cloze`), SFT, then greedy evaluation of `records` and the sample answers: the
+    metrics of one run."""
     extra = ["--curriculum_seed", str(args.curriculum_seed), *extra]
     say("== 1/3 pretraining the tiny model on the curriculum prose")
     metrics = {"pretrain": run_stage(pretrain, args.pretrain_config, out / "pretrain", extra)}
+    pretrained = AutoModelForCausalLM.from_pretrained(out / "pretrain").eval()
+    complete = make_generate_fn(
+        pretrained, load_tokenizer(out / "pretrain"), batch_size=args.eval_batch_size, max_new_tokens=16
+    )
+    metrics["cloze"] = evaluate(cloze, complete)
     say("== 2/3 supervised fine-tuning on the curriculum dialogues")
     metrics["sft"] = run_stage(
         sft, args.sft_config, out / "sft", [*extra, "--model_name_or_path", str(out / "pretrain")]
@@ -128,16 +138,16 @@ def run_pipeline(args: QuickstartArguments, out: Path, extra: list[str], records
     return metrics
 
 
-def dry_run(args: QuickstartArguments, out: Path, records: list[dict]) -> None:
+def dry_run(args: QuickstartArguments, out: Path, records: list[dict], cloze: list[dict]) -> None:
     """Every step of the run in seconds before minutes of training: one pretraining step and one SFT step, saving and
     reloading, cached decoding against a full forward, a left-padded evaluation batch with one question per split and
     language, and the report. A broken environment (a new transformers, say) fails here, not after training."""
     dry = out / "dry_run"
     shutil.rmtree(dry, ignore_errors=True)
-    one_each = list({(r["split"], r["lang"]): r for r in records}.values())
+    one_each = [list({(r["split"], r["lang"]): r for r in split}.values()) for split in (records, cloze)]
     quiet = ["--max_steps", "1", "--logging_steps", "1", "--disable_tqdm", "true"]
     with contextlib.redirect_stdout(io.StringIO()):
-        metrics = run_pipeline(args, dry, quiet, one_each, say=lambda _: None)
+        metrics = run_pipeline(args, dry, quiet, *one_each, say=lambda _: None)
         metrics["wall_time_s"] = 0.0
         report(metrics, dry)
     shutil.rmtree(dry)
@@ -149,13 +159,15 @@ def main(args: QuickstartArguments) -> dict:
         torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_eval_records(ensure_curriculum(seed=args.curriculum_seed)["sft"]["eval"])
+    paths = ensure_curriculum(seed=args.curriculum_seed)
+    records = load_eval_records(paths["sft"]["eval"])
+    cloze = load_eval_records(paths["pretrain"]["eval"])
 
     print("== 0/3 dry run: every step once on an untrained model", flush=True)
     dry_start = time.time()
-    dry_run(args, out, records)
+    dry_run(args, out, records, cloze)
     print(f"   ok in {time.time() - dry_start:.0f} s", flush=True)
-    metrics = run_pipeline(args, out, [], records, say=lambda line: print(line, flush=True))
+    metrics = run_pipeline(args, out, [], records, cloze, say=lambda line: print(line, flush=True))
     metrics["wall_time_s"] = round(time.time() - start, 1)
 
     tmp = out / "metrics.json.tmp"
@@ -173,9 +185,12 @@ def report(metrics: dict, out: Path) -> None:
             f"{stage:<10}{m['first_loss']:>11.3f}{m['last_loss']:>11.3f}{m['tokens']:>10}"
             f"{m['tokens_per_s'] or 0:>9.0f}{m['runtime_s']:>9.1f}"
         )
-    print("\nheld-out exact match:")
-    for split, value in metrics["eval"].items():
-        print(f"  {split:<15}{value:>7.1%}")
+    print("\nheld-out exact match:       after pretraining (cloze)   after SFT (chat QA)")
+    for split in sorted(set(metrics["cloze"]) | set(metrics["eval"])):
+        cloze, chat = metrics["cloze"].get(split), metrics["eval"].get(split)
+        print(
+            f"  {split:<15}{'-' if cloze is None else f'{cloze:.1%}':>30}{'-' if chat is None else f'{chat:.1%}':>22}"
+        )
     print("\nsamples:")
     for s in metrics["samples"]:
         mark = "ok " if s["correct"] else "MISS"

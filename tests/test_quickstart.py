@@ -59,12 +59,13 @@ def test_shortened_quickstart_writes_metrics_and_reports_on_a_clean_terminal(tmp
         assert metrics[stage]["first_loss"] is not None and metrics[stage]["last_loss"] is not None
         assert (out / stage / "model.safetensors").exists()
     assert {"all", "sft_entities", "pretrain_only", "arith"} <= set(metrics["eval"])
+    assert {"all", "sft_taught", "sft_entities", "pretrain_only", "arith"} <= set(metrics["cloze"])
     assert len(metrics["samples"]) == 3 and {"question", "answer", "expected", "correct"} <= set(metrics["samples"][0])
     assert metrics["wall_time_s"] > 0 and metrics["threads"] >= 1
 
     lines = run.stdout.splitlines()
     assert lines[0].startswith("== 0/3 dry run") and lines[1].strip().startswith("ok in")
-    assert "held-out exact match:" in lines and str(out / "metrics.json") in lines[-1]
+    assert any(line.startswith("held-out exact match:") for line in lines) and str(out / "metrics.json") in lines[-1]
     chatter = [
         line for line in re.split(r"[\r\n]+", run.stderr) if line.strip() and not PROGRESS_BAR.match(line.strip())
     ]
@@ -83,7 +84,7 @@ def test_quickstart_fails_in_the_dry_run_before_training(tmp_path, monkeypatch):
     args.pretrain_config, args.sft_config = shortened_args(tmp_path)[1:4:2]
     with pytest.raises(RuntimeError, match="evaluation is broken"):
         quickstart.main(args)
-    assert (out / "dry_run" / "sft" / "model.safetensors").exists()  # it got that far ...
+    assert (out / "dry_run" / "pretrain" / "model.safetensors").exists()  # it got that far ...
     assert not (out / "pretrain").exists() and not (out / "metrics.json").exists()  # ... and no further
 
 
@@ -107,10 +108,14 @@ def test_cached_decoding_check_catches_a_dropped_cache(monkeypatch):
 
 @pytest.mark.slow
 def test_quickstart_transfers_pretraining_facts_into_chat(tmp_path):
-    """The full quickstart (about nine minutes on two quiet cores): >= 80% exact match on held-out
-    questions about SFT-taught entities whose asked facts appear only in pretraining (measured 82.8%: see README)."""
+    """The full quickstart (about nine minutes on two quiet cores). Pretraining memorises the facts (cloze recall of
+    the entity splits, measured 100%); SFT answers chat questions from them. Thresholds sit a stated margin below what
+    curriculum seed 0 measures (sft_entities 81.1-82.8% over the runs so far, pretrain_only 53.4%), so a run fails on
+    a real regression, not on the few points the tiny model moves between runs."""
     metrics = quickstart.main(quickstart.QuickstartArguments(output_dir=str(tmp_path / "qs")))
-    print(json.dumps({k: metrics[k] for k in ("pretrain", "sft", "eval", "wall_time_s")}, indent=1))
+    print(json.dumps({k: metrics[k] for k in ("pretrain", "sft", "cloze", "eval", "wall_time_s")}, indent=1))
     assert metrics["pretrain"]["last_loss"] < metrics["pretrain"]["first_loss"] / 5
-    assert metrics["eval"]["sft_entities"] >= 0.8
-    assert metrics["eval"]["pretrain_only"] >= 0.45
+    for split in ("sft_taught", "sft_entities", "pretrain_only"):
+        assert metrics["cloze"][split] >= 0.95, split  # 5 points below the measured 100%
+    assert metrics["eval"]["sft_entities"] >= 0.75  # 6 points below the lowest measured, 81.1%
+    assert metrics["eval"]["pretrain_only"] >= 0.45  # 8 points below the measured 53.4%
