@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from minimind_hf.chat_templates import use_training_chat_template
 from minimind_hf.curriculum import (
     CURRICULUM_VERSION,
     STAGES,
@@ -23,6 +24,7 @@ from minimind_hf.curriculum import (
     make_tools,
     normalize,
     preference_accuracy,
+    preference_margins,
     score,
     tool_schemas,
     write_curriculum,
@@ -31,7 +33,7 @@ from minimind_hf.curriculum.__main__ import main as cli_main
 from minimind_hf.curriculum.evaluation import final_span_match
 from minimind_hf.curriculum.generator import Splits, unknown_entities
 from minimind_hf.curriculum.templates import EVASIVE
-from minimind_hf.data import validate_jsonl
+from minimind_hf.data import dpo_record_to_columns, validate_jsonl
 from minimind_hf.tokenization import load_tokenizer
 
 
@@ -249,13 +251,37 @@ def test_make_generate_fn_runs_chat_and_raw_prompts(curriculum, tiny_llama):
     # greedy decoding is deterministic and batch-size independent
     assert make_generate_fn(tiny_llama, tokenizer, max_new_tokens=4, batch_size=6)(records) == completions
     result = evaluate(records, generate)
-    assert set(result) >= {"all", "sft_entities"} and 0.0 <= result["all"] <= 1.0
+    scores = [score(r, c) for r, c in zip(records, completions)]
+    assert result["all"] == pytest.approx(sum(scores) / len(scores))
+    sft_entities = [v for r, v in zip(records, scores) if r.get("split") == "sft_entities"]
+    assert result["sft_entities"] == pytest.approx(sum(sft_entities) / len(sft_entities))
 
 
-def test_preference_accuracy_runs(curriculum, tiny_llama):
-    records = load_eval_records(curriculum["dpo"]["eval"])[:4]
-    result = preference_accuracy(tiny_llama, load_tokenizer(), records)
-    assert 0.0 <= result["all"] <= 1.0 and set(result) <= {"all", "wrong_fact", "evasive", "unknown_entity"}
+def test_preference_scorer_matches_an_independent_computation(curriculum, tiny_llama):
+    """Every DPO number rests on `preference_margins`. Recomputed here another way: the answer's tokens located by
+    the training chat template's assistant mask (not by the prompt's length), their log-probability summed from
+    transformers' own loss (mean over the unmasked labels times their count, not our gather)."""
+    tokenizer = load_tokenizer()
+    training = use_training_chat_template(load_tokenizer())
+    records = load_eval_records(curriculum["dpo"]["eval"])[:6]
+    margins = preference_margins(tiny_llama, tokenizer, records)
+    for record, (split, margin) in zip(records, margins):
+        columns = dpo_record_to_columns(record)
+        scores = []
+        for key in ("chosen", "rejected"):
+            encoded = training.apply_chat_template(
+                columns["prompt"] + columns[key], return_dict=True, return_assistant_tokens_mask=True
+            )
+            ids = torch.tensor([encoded["input_ids"]])
+            mask = torch.tensor([encoded["assistant_masks"]]).bool()
+            labels = ids.masked_fill(~mask, -100)
+            with torch.no_grad():
+                loss = tiny_llama(input_ids=ids, labels=labels).loss
+            scores.append(-loss.item() * int(mask[0, 1:].sum()))
+        assert split == record["split"]
+        assert margin == pytest.approx(scores[0] - scores[1], abs=1e-3)
+    by_split = preference_accuracy(tiny_llama, tokenizer, records)
+    assert by_split["all"] == sum(m > 0 for _, m in margins) / len(margins)
 
 
 def test_ensure_curriculum_caches_in_env_dir(tmp_path, monkeypatch):

@@ -33,9 +33,10 @@ from minimind_hf.curriculum import (
     load_eval_records,
     make_generate_fn,
     preference_accuracy,
+    preference_margins,
     score,
 )
-from minimind_hf.data import EMPTY_THINK, dpo_record_to_columns
+from minimind_hf.data import EMPTY_THINK
 from minimind_hf.lora import load_lora_model
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.training import parse_recipe_args
@@ -152,22 +153,7 @@ def test_lora_teaches_a_new_identity_and_keeps_world_facts(sft_base, curriculum,
 
 
 def pair_margins(model, tokenizer, records) -> list[float]:
-    """Summed log-probability of the chosen answer minus the rejected one's, per pair (the answer tokens as
-    `curriculum.preference_accuracy` scores them)."""
-    margins = []
-    for record in records:
-        columns = dpo_record_to_columns(record)
-        prompt = tokenizer.apply_chat_template(columns["prompt"], add_generation_prompt=True, tokenize=False)
-        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        scores = []
-        for key in ("chosen", "rejected"):
-            full = tokenizer.apply_chat_template(columns["prompt"] + columns[key], tokenize=False)
-            ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            with torch.no_grad():
-                logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-            scores.append(logprobs.gather(-1, ids[0, 1:, None])[start - 1 :].sum().item())
-        margins.append(scores[0] - scores[1])
-    return margins
+    return [margin for _, margin in preference_margins(model, tokenizer, records)]
 
 
 def greedy_keeps_chosen(model, tokenizer, records) -> float:

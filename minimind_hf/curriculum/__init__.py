@@ -16,6 +16,7 @@ from .evaluation import (
     make_generate_fn,
     normalize,
     preference_accuracy,
+    preference_margins,
     score,
 )
 from .generator import (
@@ -51,6 +52,7 @@ __all__ = [
     "make_tools",
     "normalize",
     "preference_accuracy",
+    "preference_margins",
     "score",
     "tool_schemas",
     "write_curriculum",

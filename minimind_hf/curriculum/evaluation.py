@@ -252,25 +252,33 @@ def evaluate_model(model, tokenizer, records: str | Path | Iterable[dict], **gen
     return evaluate(records, make_generate_fn(model, tokenizer, **generate_kwargs))
 
 
-def preference_accuracy(model, tokenizer, records: str | Path | Iterable[dict]) -> dict[str, float]:
-    """Fraction of preference pairs whose chosen answer has a higher summed log-probability than the rejected one,
-    per `split` and overall (the DPO stage's held-out measure)."""
+def preference_margins(model, tokenizer, records: str | Path | Iterable[dict]) -> list[tuple[str, float]]:
+    """(split, margin) per preference pair: the summed log-probability of the chosen answer's tokens (its content,
+    `<|im_end|>` and newline, after the generation prompt) minus the rejected answer's."""
     if isinstance(records, str | Path):
         records = load_eval_records(records)
-    totals: dict[str, list[float]] = defaultdict(list)
+    margins = []
     for record in records:
         columns = dpo_record_to_columns(record)
         prompt = tokenizer.apply_chat_template(columns["prompt"], add_generation_prompt=True, tokenize=False)
+        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         scores = []
         for key in ("chosen", "rejected"):
             full = tokenizer.apply_chat_template(columns["prompt"] + columns[key], tokenize=False)
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
             with torch.no_grad():
                 logits = model(input_ids=ids).logits[0, :-1].float()
-            logprobs = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
-            scores.append(logprobs[len(prompt_ids) - 1 :].sum().item())
-        value = float(scores[0] > scores[1])
-        totals[record.get("split", "all")].append(value)
-        totals["all"].append(value)
+            logprobs = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]  # [seq - 1]
+            scores.append(logprobs[start - 1 :].sum().item())
+        margins.append((record.get("split", "all"), scores[0] - scores[1]))
+    return margins
+
+
+def preference_accuracy(model, tokenizer, records: str | Path | Iterable[dict]) -> dict[str, float]:
+    """Fraction of preference pairs whose chosen answer has a higher summed log-probability than the rejected one
+    ([`preference_margins`] > 0), per `split` and overall (the DPO stage's held-out measure)."""
+    totals: dict[str, list[float]] = defaultdict(list)
+    for split, margin in preference_margins(model, tokenizer, records):
+        totals[split].append(float(margin > 0))
+        totals["all"].append(float(margin > 0))
     return {split: sum(values) / len(values) for split, values in sorted(totals.items())}
