@@ -1,5 +1,5 @@
 """Parity with independent references in float32: transformers' Llama, Qwen3 and Qwen3-MoE classes loaded with the
-same weights, and a MiniMind2-MoE reference written here from the spec in upstream-minimind.md."""
+same weights, and a MiniMind2-MoE reference written here from upstream MiniMind's description of it."""
 
 import math
 

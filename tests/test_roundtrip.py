@@ -13,6 +13,9 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM, MiniMindForSequenceClassification, MiniMindModel
+from minimind_hf.converters import ConversionError
+from minimind_hf.converters.upstream import convert_upstream_pth
+from minimind_hf.tokenization import load_tokenizer
 from tests.conftest import tiny_model
 
 SEQ = torch.randint(3, 6400, (2, 11), generator=torch.Generator().manual_seed(0))
@@ -184,7 +187,7 @@ def test_upstream_published_folder_loads_into_our_class(tmp_path, upstream_varia
 
 
 def upstream_state_dict_keys(config):
-    """The key set of an upstream `.pth`, spelled out from upstream-minimind.md."""
+    """The key set of an upstream `.pth`, spelled out from upstream MiniMind's checkpoint layout."""
     keys = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     for n in range(config.num_hidden_layers):
         p = f"model.layers.{n}"
@@ -219,9 +222,19 @@ def test_upstream_pth_state_dict_loads_strictly(tmp_path, variant):
     torch.testing.assert_close(logits(target), logits(source), atol=2e-3, rtol=0)  # fp16 weight rounding only
 
 
-def test_a_wrong_key_fails_the_strict_load(tmp_path):
+def test_a_renamed_key_stops_the_conversion_naming_both_tensors(tmp_path):
+    """Our converter's check, not torch's strict load: a renamed tensor is reported as missing under its real name
+    and unexpected under the other, before anything is written."""
     source = tiny_model()
-    state = source.state_dict()
-    state["model.layers.0.mlp.gate_proj.weight_renamed"] = state.pop("model.layers.0.mlp.gate_proj.weight")
-    with pytest.raises(RuntimeError, match="gate_proj"):
-        MiniMindForCausalLM(source.config).load_state_dict(state, strict=True)
+    state = {k: v.half() for k, v in source.state_dict().items()}
+    state["model.layers.1.mlp.gate_proj.weight_renamed"] = state.pop("model.layers.1.mlp.gate_proj.weight")
+    torch.save(state, tmp_path / "renamed.pth")
+    tokenizer = load_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "tok")
+    with pytest.raises(ConversionError) as error:
+        convert_upstream_pth(
+            tmp_path / "renamed.pth", tmp_path / "out", tokenizer=tmp_path / "tok", num_attention_heads=4
+        )
+    assert "missing tensor model.layers.1.mlp.gate_proj.weight" in str(error.value)
+    assert "unexpected tensor model.layers.1.mlp.gate_proj.weight_renamed" in str(error.value)
+    assert not (tmp_path / "out").exists()
