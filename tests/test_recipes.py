@@ -2,15 +2,18 @@
 input stops before anything is written, runs resume, MoE aux loss is logged, packing isolates documents."""
 
 import json
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from minimind_hf.packing import PackedCollator, tokenize_and_pack
 from minimind_hf.tokenization import load_tokenizer
-from minimind_hf.training import RecipeError, parse_recipe_args
+from minimind_hf.training import ModelArguments, RecipeError, build_model, parse_recipe_args
 from tests.conftest import parse_shipped_yaml, shipped_yamls, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +134,26 @@ def test_pretrained_parameters_changed(pretrained):
     assert len(changed) == len(list(trained.parameters()))
 
 
-def test_sft_trains_on_assistant_tokens_and_loss_falls(pretrained, small_data, tmp_path):
+def assistant_token_mask(row: list[int], tokenizer) -> list[bool]:
+    """Tokens of every assistant turn's content and its `<|im_end|>` and newline, found from the text and the
+    tokenizer's offsets (independently of the chat template's generation markers)."""
+    text = tokenizer.decode(row)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    assert encoded["input_ids"] == row
+    spans = [m.span(1) for m in re.finditer(r"<\|im_start\|>assistant\n(.*?<\|im_end\|>\n?)", text, re.S)]
+    return [any(a <= start < b for a, b in spans) for start, _ in encoded["offset_mapping"]]
+
+
+def test_sft_trains_on_assistant_tokens_and_loss_falls(pretrained, small_data, tmp_path, monkeypatch):
+    """The recipe's batches carry labels exactly on the assistant tokens (checked on every batch it trains on)."""
+    seen = []
+    compute_loss = sft.SFTTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        seen.append((inputs["input_ids"].tolist(), inputs["labels"].tolist()))
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(sft.SFTTrainer, "compute_loss", recording)
     pretrain_dir, _ = pretrained
     out = tmp_path / "sft"
     argv = [
@@ -146,6 +168,13 @@ def test_sft_trains_on_assistant_tokens_and_loss_falls(pretrained, small_data, t
     run("sft", argv)
     steps = logged_losses(out)
     assert steps[-1] < steps[0], steps
+    assert len(seen) == 8
+    tokenizer = load_tokenizer()
+    for ids, labels in seen:
+        for row, row_labels in zip(ids, labels):
+            expected = assistant_token_mask(row, tokenizer)
+            assert [label != -100 for label in row_labels] == expected
+            assert all(label == token for label, token, keep in zip(row_labels, row, expected) if keep)
     # The saved tokenizer carries the inference template, not the training variant with generation markers.
     assert "{% generation %}" not in (out / "chat_template.jinja").read_text()
 
@@ -167,6 +196,23 @@ def test_resume_continues_from_the_last_checkpoint(small_data, tmp_path):
         run("pretrain", [*base, "--max_steps", "6"])
     run("pretrain", [*base, "--max_steps", "6", "--resume_from_checkpoint", "true"])
     assert [e["step"] for e in log_history(out) if "loss" in e][-2:] == [5, 6]
+
+
+def test_resume_after_an_interruption_is_exact(small_data, tmp_path):
+    """A run cut off after its step-4 checkpoint and resumed ends where the uninterrupted run does: same losses,
+    same weights (optimizer, scheduler, data order and RNG state all come back)."""
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    argv = [*pretrain_argv(small_data, straight, "--save_strategy", "steps", "--save_steps", "2"), "--max_steps", "6"]
+    run("pretrain", argv)
+    cut.mkdir()
+    shutil.copytree(straight / "checkpoint-4", cut / "checkpoint-4")  # what a kill after step 4 leaves
+    run("pretrain", [*pretrain_argv(small_data, cut, "--save_strategy", "no"), "--max_steps", "6",
+                     "--resume_from_checkpoint", "true"])  # fmt: skip
+    assert logged_losses(cut)[-2:] == pytest.approx(logged_losses(straight)[-2:], rel=1e-6)
+    resumed, uninterrupted = load_file(cut / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for name in resumed:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_tensorboard_reporting_writes_events(small_data, tmp_path):
@@ -262,3 +308,9 @@ def test_two_process_gloo_ddp_matches_one_process(small_data, tmp_path):
         torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-4, rtol=1e-3, msg=name)
     # Training moved the weights far more than the tolerance: the comparison is not vacuous.
     assert (weights_one["model.norm.weight"] - 1).abs().max() > 1e-2
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused():
+    args = ModelArguments(preset="tiny", config_overrides={"vocab_size": 1000})
+    with pytest.raises(RecipeError, match=r"tokenizer has 6400 tokens but the model's embedding has only 1000 rows"):
+        build_model(args, load_tokenizer())
