@@ -4,11 +4,15 @@ No timing assertions."""
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from minimind_hf import MiniMindForCausalLM
+from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.tokenization import load_tokenizer
 from tests.conftest import tiny_config
 
@@ -111,11 +115,19 @@ def test_one_step_metrics_are_sane(bench, docs, tokenizer):
         assert result["real_tokens"] <= result["attended_keys"] <= result["real_tokens"] * MAX_LENGTH
 
 
-def test_flops_per_token_formula(bench):
+def test_flops_per_token_matches_torch_flop_counter(bench):
+    """The MFU numerator against an independent count: torch's FlopCounterMode over one forward + backward. Eager
+    attention computes every query-key product (no causal skipping), so the formula is evaluated with all S keys."""
     config = tiny_config()
-    n = 1_000_000
-    attention = 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * 10
-    assert bench.flops_per_token(config, n, mean_context=10) == 6 * n + attention
+    config._attn_implementation = "eager"
+    model = MiniMindForCausalLM(config)
+    batch, seq = 2, 32
+    ids = torch.randint(3, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        model(ids, labels=ids).loss.backward()
+    active = sum(p.numel() for p in model.parameters())
+    predicted = bench.flops_per_token(config, active, mean_context=seq) * batch * seq
+    assert counter.get_total_flops() == pytest.approx(predicted, rel=0.01)
 
 
 def test_table_lists_every_row(bench):
@@ -136,3 +148,29 @@ def test_table_lists_every_row(bench):
     assert len(lines) == 4 and "MFU %" in lines[0]
     assert lines[2].split() == ["tiny", "1.60", "packed", "2", "500", "0.000", "123", "4.50", "1024", "1.2"]
     assert lines[3].split()[7] == "-"
+
+
+def test_moe_vs_dense_counts_active_parameters_and_prints_its_table():
+    """Active parameters against upstream's published sizes (MiniMind2-MoE 91.95M, minimind-3-MoE 63.94M of
+    145.03M / 198.42M), and the script's table from a short run: three models, the ratio to dense in the same run."""
+    spec = importlib.util.spec_from_file_location("moe_vs_dense", SCRIPT.parent / "moe_vs_dense.py")
+    moe_vs_dense = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(moe_vs_dense)
+    with torch.device("meta"):
+        small_moe = MiniMindForCausalLM(MiniMindConfig.from_preset("minimind2-moe"))
+        big_moe = MiniMindForCausalLM(MiniMindConfig.from_preset("minimind3-moe"))
+    assert moe_vs_dense.active_parameters(small_moe) == 91_945_600
+    assert moe_vs_dense.active_parameters(big_moe) == 63_936_768
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "moe_vs_dense.py"), "--threads", "1", "--hidden", "64", "--layers", "1"]
+        + ["--batch", "1", "--seq", "16", "--warmup", "0", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("device=cpu threads=1 hidden=64 layers=1")
+    rows = {line.split("  ")[0].strip(): line for line in lines if line.startswith(("dense", "moe"))}
+    assert set(rows) == {"dense", "moe 4x top-2 + shared", "moe 4x top-1"}
+    assert rows["dense"].split()[-1] == "1.00" and rows["dense"].split()[-4] == "1.00"  # dense vs itself

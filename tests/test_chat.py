@@ -10,7 +10,15 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from minimind_hf.chat import DIM, RESET, ChatSession, ReplyWriter, load_model_and_tokenizer, split_reasoning
+from minimind_hf.chat import (
+    DIM,
+    RESET,
+    ChatSession,
+    ReplyWriter,
+    load_model_and_tokenizer,
+    split_reasoning,
+    stream_reply,
+)
 from minimind_hf.tokenization import load_tokenizer
 from tests.conftest import briefly_trained, tiny_model
 
@@ -148,3 +156,41 @@ def test_peft_adapter_folder_loads_merged(tmp_path, tokenizer):
         expected = lora(input_ids=ids).logits
         assert torch.allclose(model(input_ids=ids).logits, expected, atol=1e-5)
     assert loaded.get_vocab() == tokenizer.get_vocab()
+
+
+def chat_cli(model_dir, *args):
+    run = subprocess.run(
+        [sys.executable, "-m", "minimind_hf.chat", "--model", str(model_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_prompt_flags_sample_reproducibly_and_greedy_equals_generate(model_dir, tokenizer):
+    """`--prompt` (repeatable) answers without stdin; sampling flags reach `generate`: a seed repeats a sampled reply,
+    another seed changes it; `--greedy` equals `model.generate`."""
+    sampled = ["--prompt", "你好", "--max_new_tokens", "24", "--temperature", "1.5", "--top_p", "1.0", "--top_k", "0"]
+    first = chat_cli(model_dir, *sampled, "--seed", "1")
+    assert first == chat_cli(model_dir, *sampled, "--seed", "1")
+    assert first != chat_cli(model_dir, *sampled, "--seed", "2")
+    greedy = chat_cli(model_dir, "--prompt", "你好", "--greedy", "--max_new_tokens", str(MAX_NEW_TOKENS))
+    model, _ = load_model_and_tokenizer(model_dir)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True
+    )
+    assert greedy == greedy_reply(model, tokenizer, prompt) + "\n"
+
+
+def test_replies_stream_in_pieces(model_dir, tokenizer):
+    model, _ = load_model_and_tokenizer(model_dir)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True
+    )
+    pieces = []
+    kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    reply = stream_reply(model, tokenizer, prompt, kwargs, pieces.append)
+    assert len(pieces) > 1 and "".join(pieces) == reply == greedy_reply(model, tokenizer, prompt)

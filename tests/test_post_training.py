@@ -6,6 +6,7 @@ The effects on the embedded curriculum (identity, preferences, KL, think/answer 
 `test_post_training_effects.py` (marked slow)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ import dpo  # noqa: E402
 import lora  # noqa: E402
 import merge_lora  # noqa: E402
 import reason  # noqa: E402
+import sft  # noqa: E402
 
 RECIPES = {"lora": lora, "dpo": dpo, "distill": distill, "reason": reason}
 RECIPE_TYPES = {
@@ -499,6 +501,20 @@ def reasoning_trainer(model, tag_weight, data, tmp_path):
     return ReasoningSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
+def tag_weights_by_offsets(row: list[int], tokenizer, weight: float = 10.0) -> list[float]:
+    """The expected weights, found without `reasoning_tag_weights`: the characters of every `<think>`, `</think>`,
+    `<answer>`, `</answer>` in the last assistant turn's text, mapped back to tokens through the tokenizer's offsets."""
+    text = tokenizer.decode(row)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    assert encoded["input_ids"] == row
+    turn = text.rindex("<|im_start|>assistant\n")
+    tags = [m.span() for m in re.finditer(r"</?(?:think|answer)>", text) if m.start() >= turn]
+    return [
+        weight if any(a <= start and end <= b for a, b in tags) and end > start else 1.0
+        for start, end in encoded["offset_mapping"]
+    ]
+
+
 def test_reasoning_loss_weights_exactly_the_tag_tokens(data, tmp_path):
     model = tiny_model(seed=5)
     trainer = reasoning_trainer(model, 10.0, data, tmp_path)
@@ -509,7 +525,7 @@ def test_reasoning_loss_weights_exactly_the_tag_tokens(data, tmp_path):
     labels = batch["labels"][:, 1:]
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
     tokenizer = trainer.processing_class
-    weights = torch.tensor([reasoning_tag_weights(row, tokenizer) for row in batch["input_ids"].tolist()])[:, 1:]
+    weights = torch.tensor([tag_weights_by_offsets(row, tokenizer) for row in batch["input_ids"].tolist()])[:, 1:]
     mask = labels != -100
     expected = (nll * weights * mask).sum() / mask.sum()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -568,3 +584,24 @@ def test_reasoning_data_without_think_blocks_stops_before_writing(base, tmp_path
         run("reason", ["--config", str(ROOT / "recipes/tiny/reason.yaml"), "--model_name_or_path", str(base),
                        "--dataset_files", str(bad), "--output_dir", str(out)])  # fmt: skip
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stage", ["sft", "distill", "reason"])
+def test_sft_family_losses_carry_the_moe_balance_loss(stage, data, base, moe_base, tmp_path):
+    """SFT, logit distillation into an MoE student and reasoning SFT on an MoE model all add the router's balance
+    loss (TRL's SFT-family trainers bypass the model's own loss, so each trainer must add it)."""
+    out = tmp_path / stage
+    common = ["--output_dir", str(out), "--max_steps", "2", *FAST]
+    if stage == "sft":
+        argv = ["--config", str(ROOT / "recipes/tiny/sft.yaml"), "--model_name_or_path", str(moe_base)]
+        argv += ["--dataset_files", str(ROOT / "tests/fixtures/upstream/sft.jsonl"), *common]
+        sft.main(*parse_recipe_args((sft.SFTDataArguments, sft.SFTConfig, sft.ModelArguments), argv))
+    elif stage == "distill":
+        student = json.dumps({"hidden_size": 64, "num_hidden_layers": 1, "head_dim": 32, "intermediate_size": 96})
+        argv = distill_argv(base, out, "--preset", "tiny-moe", "--config_overrides", student, "--max_steps", "2")
+        run("distill", argv)
+    else:
+        argv = ["--config", str(ROOT / "recipes/tiny/reason.yaml"), "--model_name_or_path", str(moe_base)]
+        run("reason", [*argv, "--dataset_files", str(data["reasoning"]), *common])
+    aux = logged(out, "aux_loss")
+    assert len(aux) == 2 and all(a > 0 for a in aux), aux
