@@ -26,7 +26,7 @@ engines:
 	bash .ci/engines.sh
 
 test-engines: install engines
-	$(PYTHON) -m pytest -q -m "vllm or llamacpp"
+	$(PYTHON) -m pytest -q -m "vllm or llamacpp or go"
 
 style:
 	ruff check . && ruff format --check .

@@ -95,8 +95,7 @@ def _normalise_json_lines(text):
 
 @pytest.fixture(scope="module")
 def go_renderer(tmp_path_factory):
-    if shutil.which("go") is None:
-        pytest.skip("Go is not installed: run `bash .ci/engines.sh go` (Debian golang-go)")
+    assert shutil.which("go"), "Go is not installed: run `bash .ci/engines.sh go` (Debian golang-go)"
     out = tmp_path_factory.mktemp("go")
     env = {**os.environ, "GOCACHE": str(out / "cache"), "GOFLAGS": "-mod=mod", "GO111MODULE": "off"}
     source = os.path.join(REPO, "tests", "engine_scripts", "render_gotemplate.go")
@@ -104,6 +103,7 @@ def go_renderer(tmp_path_factory):
     return out / "render"
 
 
+@pytest.mark.go
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
 def test_ollama_template_renders_like_the_chat_template(name, go_renderer):
     messages, tools, think = CONVERSATIONS[name]
@@ -116,6 +116,7 @@ def test_ollama_template_renders_like_the_chat_template(name, go_renderer):
     assert _normalise_json_lines(rendered) == _normalise_json_lines(expected)
 
 
+@pytest.mark.go
 def test_ollama_template_without_default_system(go_renderer):
     messages = [{"role": "user", "content": "你好"}]
     expected = make_tokenizer().apply_chat_template(

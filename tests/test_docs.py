@@ -74,7 +74,7 @@ NOT_HERE = {
     "python convert/to_hub.py --model out/minimind2-small --out out/hub --repo-id your-name/minimind2-small "
     "--overwrite --push": "needs a Hub token and the network",
     "bash .ci/engines.sh": "builds the engines (tens of minutes); CI runs it",
-    'pytest -m "vllm or llamacpp"': "the engine tests (make test-engines)",
+    'pytest -m "vllm or llamacpp or go"': "the engine tests (make test-engines)",
     "pytest -m slow tests/test_post_training_effects.py -s": "the slow tier (make test-slow)",
 }
 

@@ -3,10 +3,11 @@
 
 All models run in one vLLM process (in-process fast mode, f32) through tests/engine_scripts/vllm_generate.py; tokens
 and logprobs come back as JSON. The plugin is found the way vLLM finds any plugin, through an entry point: a
-throwaway dist-info on PYTHONPATH declares `minimind = minimind_hf.converters.vllm_plugin:register`, and the repo on
-PYTHONPATH provides minimind_hf.
+throwaway dist-info on PYTHONPATH declares the entry points setup.cfg declares, and the repo on PYTHONPATH provides
+minimind_hf.
 """
 
+import configparser
 import json
 import os
 import subprocess
@@ -30,7 +31,15 @@ CASES = {
     "plugin_dense": ("dense", False, "MiniMindForCausalLM"),
     "plugin_moe_shared": ("moe_shared", False, "MiniMindForCausalLM"),
 }
-PLUGIN_ENTRY_POINT = "[vllm.general_plugins]\nminimind = minimind_hf.converters.vllm_plugin:register\n"
+
+
+def plugin_entry_points() -> str:
+    """The `vllm.general_plugins` entry points exactly as setup.cfg declares them (what `pip install` registers)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    declared = cfg["options.entry_points"]["vllm.general_plugins"].strip()
+    assert declared, "setup.cfg declares no vllm.general_plugins entry point"
+    return f"[vllm.general_plugins]\n{declared}\n"
 
 
 def _prompts(yarn: bool) -> list[list[int]]:
@@ -52,7 +61,7 @@ def vllm_results(tmp_path_factory):
     dist_info = root / "plugin" / "minimind_hf_vllm_plugin-0.dist-info"
     dist_info.mkdir(parents=True)
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: minimind_hf_vllm_plugin\nVersion: 0\n")
-    (dist_info / "entry_points.txt").write_text(PLUGIN_ENTRY_POINT)
+    (dist_info / "entry_points.txt").write_text(plugin_entry_points())
     env = {**os.environ, "PYTHONPATH": f"{dist_info.parent}{os.pathsep}{REPO}"}
     script = REPO / "tests" / "engine_scripts" / "vllm_generate.py"
     proc = subprocess.run(
