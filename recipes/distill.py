@@ -51,6 +51,10 @@ def load_teacher(path: str | None, attn_implementation: str | None = None):
     return teacher, load_tokenizer(path) if has_tokenizer else None
 
 
+# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
+ARGUMENTS = (DistillDataArguments, LogitDistillationConfig, ModelArguments)
+
+
 def main(data_args: DistillDataArguments, training_args: LogitDistillationConfig, model_args: ModelArguments) -> dict:
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
@@ -75,5 +79,5 @@ def main(data_args: DistillDataArguments, training_args: LogitDistillationConfig
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args((DistillDataArguments, LogitDistillationConfig, ModelArguments)))
+    main(*parse_recipe_args(ARGUMENTS))
     end_distributed()

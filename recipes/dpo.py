@@ -44,6 +44,10 @@ class DPOLoraArguments(LoraArguments):
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
 
 
+# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
+ARGUMENTS = (DPODataArguments, DPOConfig, ModelArguments, DPOLoraArguments)
+
+
 def main(
     data_args: DPODataArguments, training_args: DPOConfig, model_args: ModelArguments, lora_args: DPOLoraArguments
 ) -> dict:
@@ -74,5 +78,5 @@ def main(
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args((DPODataArguments, DPOConfig, ModelArguments, DPOLoraArguments)))
+    main(*parse_recipe_args(ARGUMENTS))
     end_distributed()

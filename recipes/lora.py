@@ -80,6 +80,10 @@ def load_datasets(data_args: LoraDataArguments):
     return train, load_sft_dataset(eval_files) if eval_files else None
 
 
+# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
+ARGUMENTS = (LoraDataArguments, SFTConfig, ModelArguments, LoraArguments)
+
+
 def main(
     data_args: LoraDataArguments, training_args: SFTConfig, model_args: ModelArguments, lora_args: LoraArguments
 ) -> dict:
@@ -106,5 +110,5 @@ def main(
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args((LoraDataArguments, SFTConfig, ModelArguments, LoraArguments)))
+    main(*parse_recipe_args(ARGUMENTS))
     end_distributed()

@@ -27,9 +27,13 @@ class MergeArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output_dir."})
 
 
+# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
+ARGUMENTS = (MergeArguments,)
+
+
 def main(args: MergeArguments) -> Path:
     return merge_lora(args.adapter_path, args.output_dir, args.base_model_name_or_path, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args((MergeArguments,)))
+    main(*parse_recipe_args(ARGUMENTS))

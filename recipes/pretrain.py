@@ -36,6 +36,10 @@ class PretrainDataArguments(DataArguments):
     """Pretraining text: upstream `{"text": ...}` JSONL (e.g. pretrain_hq.jsonl) or the curriculum's prose."""
 
 
+# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
+ARGUMENTS = (PretrainDataArguments, SFTConfig, ModelArguments)
+
+
 def main(data_args: PretrainDataArguments, training_args: SFTConfig, model_args: ModelArguments) -> dict:
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
@@ -70,5 +74,5 @@ def main(data_args: PretrainDataArguments, training_args: SFTConfig, model_args:
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args((PretrainDataArguments, SFTConfig, ModelArguments)))
+    main(*parse_recipe_args(ARGUMENTS))
     end_distributed()

@@ -64,9 +64,7 @@ def stage_metrics(output_dir: Path, final: dict) -> dict:
 
 
 def run_stage(module, config: str, out: Path, extra: list[str]) -> dict:
-    types = (module.PretrainDataArguments if module is pretrain else module.SFTDataArguments,)
-    types += (module.SFTConfig, module.ModelArguments)
-    final = module.main(*parse_recipe_args(types, ["--config", config, "--output_dir", str(out), *extra]))
+    final = module.main(*parse_recipe_args(module.ARGUMENTS, ["--config", config, "--output_dir", str(out), *extra]))
     return stage_metrics(out, final)
 
 

@@ -55,6 +55,10 @@ def load_datasets(data_args: ReasonDataArguments):
     return train, load_reasoning_dataset(eval_files) if eval_files else None
 
 
+# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
+ARGUMENTS = (ReasonDataArguments, ReasoningSFTConfig, ModelArguments)
+
+
 def main(data_args: ReasonDataArguments, training_args: ReasoningSFTConfig, model_args: ModelArguments) -> dict:
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
@@ -74,5 +78,5 @@ def main(data_args: ReasonDataArguments, training_args: ReasoningSFTConfig, mode
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args((ReasonDataArguments, ReasoningSFTConfig, ModelArguments)))
+    main(*parse_recipe_args(ARGUMENTS))
     end_distributed()

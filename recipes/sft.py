@@ -48,6 +48,10 @@ def load_datasets(data_args: SFTDataArguments):
     return train, load_sft_dataset(eval_files) if eval_files else None
 
 
+# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
+ARGUMENTS = (SFTDataArguments, SFTConfig, ModelArguments)
+
+
 def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: ModelArguments) -> dict:
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
@@ -68,5 +72,5 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args((SFTDataArguments, SFTConfig, ModelArguments)))
+    main(*parse_recipe_args(ARGUMENTS))
     end_distributed()

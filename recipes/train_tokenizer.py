@@ -60,6 +60,10 @@ class TokenizerArguments:
     heldout_fraction: float = field(default=0.1, metadata={"help": "Fraction of each text file kept out of training."})
 
 
+# The argument dataclass `main` takes (defaults < YAML `--config` < command line).
+ARGUMENTS = (TokenizerArguments,)
+
+
 def main(args: TokenizerArguments) -> dict[str, dict[str, float]]:
     files = [f for f in args.text_files if Path(f).exists()]
     for missing in sorted(set(args.text_files) - set(files)):
@@ -87,5 +91,5 @@ def main(args: TokenizerArguments) -> dict[str, dict[str, float]]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    (script_args,) = TrlParser(TokenizerArguments).parse_args_and_config()
+    (script_args,) = TrlParser(ARGUMENTS).parse_args_and_config()
     main(script_args)

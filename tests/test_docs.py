@@ -48,16 +48,8 @@ import train_tokenizer  # noqa: E402
 DOCS = ["README.md", "recipes/README.md", "convert/README.md", "accelerate_configs/README.md", "docs/data.md"]
 COMMAND_START = re.compile(r"^(python3? |accelerate launch |make |bash |pytest |llama-server |cd )")
 
-RECIPE_TYPES = {
-    "pretrain": (pretrain.PretrainDataArguments, pretrain.SFTConfig, pretrain.ModelArguments),
-    "sft": (sft.SFTDataArguments, sft.SFTConfig, sft.ModelArguments),
-    "lora": (lora.LoraDataArguments, lora.SFTConfig, lora.ModelArguments, lora.LoraArguments),
-    "merge_lora": (merge_lora.MergeArguments,),
-    "dpo": (dpo.DPODataArguments, dpo.DPOConfig, dpo.ModelArguments, dpo.DPOLoraArguments),
-    "distill": (distill.DistillDataArguments, distill.LogitDistillationConfig, distill.ModelArguments),
-    "reason": (reason.ReasonDataArguments, reason.ReasoningSFTConfig, reason.ModelArguments),
-    "train_tokenizer": (train_tokenizer.TokenizerArguments,),
-}
+RECIPES = (pretrain, sft, lora, merge_lora, dpo, distill, reason, train_tokenizer)
+RECIPE_TYPES = {module.__name__: module.ARGUMENTS for module in RECIPES}
 TRAINING = {"pretrain", "sft", "lora", "dpo", "distill", "reason"}
 ONE_STEP = ["--max_steps", "1", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none"]
 
@@ -141,36 +133,29 @@ def script_and_args(command: str) -> tuple[str, list[str]]:
     return words[1], words[2:]
 
 
+def succeeds(argv: list, cwd: Path) -> None:
+    """Run a command offline with stdin closed (the chat CLI then reads no turns and exits); it must exit 0."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def check(command: str, sandbox: Path) -> str:
     """Run or parse one documented command; returns what was done (for the test's report)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     if "\n" in command or command.startswith(("import ", "from ")):
-        run = subprocess.run([sys.executable, "-c", command], cwd=sandbox, env=env, capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr[-3000:]
+        succeeds([sys.executable, "-c", command], sandbox)
         return "ran the snippet"
     if command.startswith("make "):
-        run = subprocess.run(["make", "-n", *shlex.split(command)[1:]], cwd=ROOT, capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr
+        succeeds(["make", "-n", *shlex.split(command)[1:]], ROOT)
         return "make -n"
     script, args = script_and_args(command)
-    if script == "-m":  # stdin closed: the chat CLI reads none and exits
-        run = subprocess.run(
-            [sys.executable, "-m", *args],
-            cwd=sandbox,
-            env=env,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
+    if script == "-m":
+        succeeds([sys.executable, "-m", *args], sandbox)
         return "ran"
     stage = Path(script).stem
     if script.startswith("convert/") or "recipes/tiny/" in command or "outputs/tiny/" in command:
         extra = ONE_STEP if stage in TRAINING else []
-        run = subprocess.run(
-            [sys.executable, script, *args, *extra], cwd=sandbox, env=env, capture_output=True, text=True
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
+        succeeds([sys.executable, script, *args, *extra], sandbox)
         return "ran" + (" one step" if extra else "")
     if stage == "quickstart":
         quickstart.HfArgumentParser(quickstart.QuickstartArguments).parse_args_into_dataclasses(args=args)

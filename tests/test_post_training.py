@@ -48,12 +48,7 @@ import reason  # noqa: E402
 import sft  # noqa: E402
 
 RECIPES = {"lora": lora, "dpo": dpo, "distill": distill, "reason": reason}
-RECIPE_TYPES = {
-    "lora": (lora.LoraDataArguments, lora.SFTConfig, lora.ModelArguments, lora.LoraArguments),
-    "dpo": (dpo.DPODataArguments, dpo.DPOConfig, dpo.ModelArguments, dpo.DPOLoraArguments),
-    "distill": (distill.DistillDataArguments, distill.LogitDistillationConfig, distill.ModelArguments),
-    "reason": (reason.ReasonDataArguments, reason.ReasoningSFTConfig, reason.ModelArguments),
-}
+RECIPE_TYPES = {name: module.ARGUMENTS for name, module in RECIPES.items()}
 FAST = ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--per_device_train_batch_size", "4"]
 STUDENT = json.dumps({"hidden_size": 64, "num_hidden_layers": 1, "head_dim": 32, "intermediate_size": 96})
 
@@ -214,7 +209,7 @@ def test_merged_folder_matches_the_adapter_and_loads_everywhere(lora_run, tmp_pa
     adapter, _ = lora_run
     merged = tmp_path / "merged"
     merge_lora.main(
-        *parse_recipe_args((merge_lora.MergeArguments,), ["--adapter_path", str(adapter), "--output_dir", str(merged)])
+        *parse_recipe_args(merge_lora.ARGUMENTS, ["--adapter_path", str(adapter), "--output_dir", str(merged)])
     )
     for name in (
         "config.json",
@@ -595,7 +590,7 @@ def test_sft_family_losses_carry_the_moe_balance_loss(stage, data, base, moe_bas
     if stage == "sft":
         argv = ["--config", str(ROOT / "recipes/tiny/sft.yaml"), "--model_name_or_path", str(moe_base)]
         argv += ["--dataset_files", str(ROOT / "tests/fixtures/upstream/sft.jsonl"), *common]
-        sft.main(*parse_recipe_args((sft.SFTDataArguments, sft.SFTConfig, sft.ModelArguments), argv))
+        sft.main(*parse_recipe_args(sft.ARGUMENTS, argv))
     elif stage == "distill":
         student = json.dumps({"hidden_size": 64, "num_hidden_layers": 1, "head_dim": 32, "intermediate_size": 96})
         argv = distill_argv(base, out, "--preset", "tiny-moe", "--config_overrides", student, "--max_steps", "2")

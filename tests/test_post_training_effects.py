@@ -80,14 +80,14 @@ def sft_base(tmp_path_factory):
     root = tmp_path_factory.mktemp("base")
     pretrain.main(
         *parse_recipe_args(
-            (pretrain.PretrainDataArguments, pretrain.SFTConfig, pretrain.ModelArguments),
+            pretrain.ARGUMENTS,
             ["--config", str(TINY / "pretrain.yaml"), "--output_dir", str(root / "pretrain")]
             + ["--num_train_epochs", str(PRETRAIN_EPOCHS), *QUIET],
         )
     )
     sft.main(
         *parse_recipe_args(
-            (sft.SFTDataArguments, sft.SFTConfig, sft.ModelArguments),
+            sft.ARGUMENTS,
             ["--config", str(TINY / "sft.yaml"), "--output_dir", str(root / "sft")]
             + ["--model_name_or_path", str(root / "pretrain"), "--num_train_epochs", str(SFT_EPOCHS)]
             + ["--learning_rate", str(SFT_LR), *QUIET],
@@ -112,7 +112,7 @@ def test_lora_teaches_a_new_identity_and_keeps_world_facts(sft_base, curriculum,
     out = tmp_path / "lora"
     metrics = lora.main(
         *parse_recipe_args(
-            (lora.LoraDataArguments, lora.SFTConfig, lora.ModelArguments, lora.LoraArguments),
+            lora.ARGUMENTS,
             ["--config", str(TINY / "lora.yaml"), "--model_name_or_path", str(sft_base), "--output_dir", str(out)]
             + QUIET,
         )
@@ -175,7 +175,7 @@ def test_dpo_raises_preference_accuracy_and_margin(sft_base, curriculum, tmp_pat
     out = tmp_path / "dpo"
     metrics = dpo.main(
         *parse_recipe_args(
-            (dpo.DPODataArguments, dpo.DPOConfig, dpo.ModelArguments, dpo.DPOLoraArguments),
+            dpo.ARGUMENTS,
             ["--config", str(TINY / "dpo.yaml"), "--model_name_or_path", str(sft_base), "--output_dir", str(out)]
             + QUIET,
         )
@@ -249,7 +249,7 @@ def sft_eval_dialogues(curriculum, tmp_path_factory):
 
 def test_distillation_pulls_the_student_towards_the_teacher(sft_base, sft_eval_dialogues, tmp_path):
     teacher = AutoModelForCausalLM.from_pretrained(sft_base).eval()
-    types = (distill.DistillDataArguments, distill.LogitDistillationConfig, distill.ModelArguments)
+    types = distill.ARGUMENTS
     argv = ["--config", str(TINY / "distill.yaml"), "--teacher_model_name_or_path", str(sft_base), *QUIET]
     # One initial student (the YAML's shape) for both runs, so they differ only in the objective.
     model_args = parse_recipe_args(types, argv)[2]
@@ -298,7 +298,7 @@ def test_reasoning_traces_have_the_format_and_thinking_switches(sft_base, curric
     out = tmp_path / "reason"
     metrics = reason.main(
         *parse_recipe_args(
-            (reason.ReasonDataArguments, reason.ReasoningSFTConfig, reason.ModelArguments),
+            reason.ARGUMENTS,
             ["--config", str(TINY / "reason.yaml"), "--model_name_or_path", str(sft_base), "--output_dir", str(out)]
             + QUIET,
         )

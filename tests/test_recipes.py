@@ -22,10 +22,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import pretrain  # noqa: E402
 import sft  # noqa: E402
 
-RECIPE_TYPES = {
-    "pretrain": (pretrain.PretrainDataArguments, pretrain.SFTConfig, pretrain.ModelArguments),
-    "sft": (sft.SFTDataArguments, sft.SFTConfig, sft.ModelArguments),
-}
+RECIPE_TYPES = {"pretrain": pretrain.ARGUMENTS, "sft": sft.ARGUMENTS}
 SMALL = json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "head_dim": 32, "intermediate_size": 128})
 FAST = ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--per_device_train_batch_size", "4"]
 
