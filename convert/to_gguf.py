@@ -7,21 +7,26 @@ pre-tokenizer), special tokens, chat template and YaRN settings are embedded.
     llama-server -m out/minimind2-small-f16.gguf --jinja
 """
 
-import argparse
 import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
 
 from minimind_hf.converters import ConversionError, export_gguf
 from minimind_hf.converters.gguf_export import OUTTYPES
 
 
+@dataclass
+class Arguments:
+    model: str = field(metadata={"help": "MiniMind folder (with its tokenizer)."})
+    out: str = field(metadata={"help": "Output .gguf file."})
+    outtype: str = field(default="f16", metadata={"help": "Weight type of 2-D tensors.", "choices": list(OUTTYPES)})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder (default: the model folder)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output file."})
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="MiniMind folder (with its tokenizer)")
-    parser.add_argument("--out", required=True, help="output .gguf file")
-    parser.add_argument("--outtype", choices=list(OUTTYPES), default="f16", help="weight type of 2-D tensors")
-    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    args = parser.parse_args(argv)
+    (args,) = HfArgumentParser(Arguments, description=__doc__).parse_args_into_dataclasses(argv)
     try:
         out = export_gguf(args.model, args.out, args.outtype, tokenizer=args.tokenizer, overwrite=args.overwrite)
     except ConversionError as error:

@@ -7,10 +7,11 @@ MiniMind2-MoE -> MixtralForCausalLM (shared expert folded into every routed expe
     vllm serve out/minimind2-small-llama        # or: python -m vllm.entrypoints.openai.api_server --model ...
 """
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 
 from minimind_hf.converters import ConversionError, export_native
 from minimind_hf.converters.hf_native import TARGETS
@@ -18,14 +19,25 @@ from minimind_hf.converters.hf_native import TARGETS
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+@dataclass
+class Arguments:
+    model: str = field(metadata={"help": "MiniMind folder."})
+    out: str = field(metadata={"help": "Output folder."})
+    target: str = field(
+        default="auto",
+        metadata={
+            "help": "Native architecture (auto: one that represents the model exactly).",
+            "choices": ["auto", *TARGETS],
+        },
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "Weights dtype (default: as stored).", "choices": list(DTYPES)}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="MiniMind folder")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--target", choices=["auto", *TARGETS], default="auto", help="native architecture")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="auto", help="weights dtype (default: as stored)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    args = parser.parse_args(argv)
+    (args,) = HfArgumentParser(Arguments, description=__doc__).parse_args_into_dataclasses(argv)
     try:
         out = export_native(args.model, args.out, args.target, dtype=DTYPES[args.dtype], overwrite=args.overwrite)
     except ConversionError as error:

@@ -2,27 +2,32 @@
 to MiniMind's chat template (default system prompt, tools, thinking), stop tokens and sampling parameters.
 
     python convert/to_ollama.py --model out/minimind2-small --out out/minimind2-small-ollama
-    python convert/to_ollama.py --model out/minimind3 --out out/minimind3-ollama --no-default-system
+    python convert/to_ollama.py --model out/minimind3 --out out/minimind3-ollama --no_default_system
     cd out/minimind2-small-ollama && ollama create minimind2-small -f Modelfile && ollama run minimind2-small
 """
 
-import argparse
 import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
 
 from minimind_hf.converters import ConversionError
 from minimind_hf.converters.gguf_export import OUTTYPES
 from minimind_hf.converters.ollama import DEFAULT_SYSTEM_PROMPT, export_ollama
 
 
+@dataclass
+class Arguments:
+    model: str = field(metadata={"help": "MiniMind folder (with its tokenizer)."})
+    out: str = field(metadata={"help": "Output folder (Modelfile + GGUF)."})
+    outtype: str = field(default="q8_0", metadata={"help": "GGUF weight type.", "choices": list(OUTTYPES)})
+    no_default_system: bool = field(default=False, metadata={"help": "No default system prompt (minimind-3)."})
+    num_ctx: int = field(default=4096, metadata={"help": "ollama context window."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="MiniMind folder (with its tokenizer)")
-    parser.add_argument("--out", required=True, help="output folder (Modelfile + GGUF)")
-    parser.add_argument("--outtype", choices=list(OUTTYPES), default="q8_0", help="GGUF weight type")
-    parser.add_argument("--no-default-system", action="store_true", help="no default system prompt (minimind-3)")
-    parser.add_argument("--num-ctx", type=int, default=4096, help="ollama context window")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    args = parser.parse_args(argv)
+    (args,) = HfArgumentParser(Arguments, description=__doc__).parse_args_into_dataclasses(argv)
     try:
         out = export_ollama(
             args.model,

@@ -9,10 +9,11 @@ tokenizer with chat template, generation config).
     python convert/upstream_to_hf.py --folder MiniMind2 --out minimind2-hf
 """
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 
 from minimind_hf.converters import ConversionError
 from minimind_hf.converters.upstream import convert_upstream_folder, convert_upstream_pth
@@ -20,19 +21,34 @@ from minimind_hf.converters.upstream import convert_upstream_folder, convert_ups
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+@dataclass
+class Arguments:
+    out: str = field(metadata={"help": "Output folder."})
+    pth: str | None = field(
+        default=None, metadata={"help": "Upstream .pth state dict (loaded with weights_only=True); or --folder."}
+    )
+    folder: str | None = field(
+        default=None, metadata={"help": "Upstream HF folder (config.json with model_type minimind); or --pth."}
+    )
+    tokenizer: str | None = field(default=None, metadata={"help": "Upstream tokenizer folder (required with --pth)."})
+    preset: str | None = field(
+        default=None, metadata={"help": "Preset fixing what shapes cannot show, e.g. minimind2-moe."}
+    )
+    num_attention_heads: int | None = field(
+        default=None, metadata={"help": "Query heads without QK-norm or preset (default 8)."}
+    )
+    yarn: bool = field(default=False, metadata={"help": "Switch on upstream's YaRN (x16 over 2048 positions)."})
+    dtype: str = field(
+        default="auto", metadata={"help": "Weights dtype (default: as stored).", "choices": list(DTYPES)}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pth", help="upstream .pth state dict (loaded with weights_only=True)")
-    source.add_argument("--folder", help="upstream HF folder (config.json with model_type minimind)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tokenizer", help="upstream tokenizer folder (required with --pth)")
-    parser.add_argument("--preset", help="preset fixing what shapes cannot show, e.g. minimind2-moe")
-    parser.add_argument("--num-attention-heads", type=int, help="query heads without QK-norm or preset (default 8)")
-    parser.add_argument("--yarn", action="store_true", help="switch on upstream's YaRN (x16 over 2048 positions)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="auto", help="weights dtype (default: as stored)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    args = parser.parse_args(argv)
+    parser = HfArgumentParser(Arguments, description=__doc__)
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    if (args.pth is None) == (args.folder is None):
+        parser.error("give exactly one of --pth (a .pth state dict) and --folder (an upstream HF folder)")
     try:
         if args.pth:
             out = convert_upstream_pth(

@@ -11,6 +11,11 @@ import math
 
 from transformers import PreTrainedConfig
 
+# huggingface_hub's `@strict`, the decorator transformers puts on its own configs (and on `PreTrainedConfig`): it runs
+# every `validate_*` method after `__init__` and in `validate()`, which `save_pretrained` calls. Taken from the module
+# that applies it so this file imports nothing but transformers and the standard library.
+from transformers.configuration_utils import strict
+
 # Upstream MiniMind2 (`n_routed_experts`, `seq_aux`, ...) and minimind-3 (`num_experts` with `use_moe`) configs both
 # carry `use_moe` and `flash_attn`; only MiniMind2 carries these keys. They tell the two generations apart when a
 # config.json from an upstream folder does not say whether the attention has QK-norm.
@@ -29,11 +34,86 @@ UPSTREAM_YARN_PARAMETERS = {
 
 AUX_LOSS_TYPES = ("seq", "switch")
 
+# `router_aux_loss_coef=None` means this on MoE configs (0.0 on dense ones).
+MOE_AUX_LOSS_COEF = 0.01
+DEFAULT_NUM_HIDDEN_LAYERS = 8
+# What the MoE fields hold on a dense config (num_experts 0; `moe_intermediate_size` is `intermediate_size`): the
+# defaults, without shared experts, router logits or router loss. TRL enables its aux loss only for a non-zero
+# `router_aux_loss_coef`, and requests router logits only when it does or when `output_router_logits` is true.
+DENSE_MOE_FIELDS = {
+    "num_experts_per_tok": 2,
+    "num_shared_experts": 0,
+    "norm_topk_prob": True,
+    "router_aux_loss_coef": 0.0,
+    "router_aux_loss_type": "seq",
+    "output_router_logits": False,
+}
+
 # upstream minimind-3 sums a Switch loss computed per layer over its layers at coefficient 5e-4; transformers' (and
 # TRL's) `load_balancing_loss_func` is one Switch loss over all layers' router logits together, about a per-layer
 # mean. Per router probability the gradients agree when the coefficient is num_hidden_layers times larger (exactly
 # when every layer routes the same fractions; tests/test_modeling.py checks it), so the preset carries 5e-4 * 8.
 MINIMIND3_UPSTREAM_AUX_COEF = 5e-4
+
+
+def translate_upstream_config(kwargs: dict) -> dict:
+    """Config kwargs with upstream MiniMind2 / minimind-3 `config.json` names turned into this class's; other keys
+    pass through unchanged, and `kwargs` itself is not modified.
+
+    `use_moe=False` makes the model dense; `n_routed_experts`, `n_shared_experts` (MoE only), `aux_loss_alpha` and
+    `dropout` (both dropouts) are renamed; `seq_aux` picks the `"seq"` / `"switch"` loss; `scoring_func` must be
+    `"softmax"`; `flash_attn` is dropped (pick the backend with `attn_implementation=`); `inference_rope_scaling=True`
+    switches on upstream's YaRN unless RoPE scaling is given otherwise, and upstream's `rope_scaling` dict (keyed by
+    `type`) is dropped when `rope_parameters` is set. A minimind-3 MoE config (`use_moe` without MiniMind2's keys)
+    gets the `"switch"` loss at `router_aux_loss_coef * num_hidden_layers` (see MINIMIND3_UPSTREAM_AUX_COEF); unless
+    `use_qk_norm` is given, an upstream config has QK-norm iff it is minimind-3.
+
+    Raises:
+        ValueError: `scoring_func` is not `"softmax"`.
+    """
+    config = dict(kwargs)
+    upstream = {
+        key: config.pop(key) for key in (*_MINIMIND2_ONLY_KEYS, *_UPSTREAM_MARKER_KEYS, "dropout") if key in config
+    }
+    minimind2 = any(key in upstream for key in _MINIMIND2_ONLY_KEYS)
+    if config.get("use_qk_norm") is None and any(key in upstream for key in _UPSTREAM_MARKER_KEYS):
+        config["use_qk_norm"] = not minimind2
+    if "dropout" in upstream:
+        config["attention_dropout"] = config["hidden_dropout"] = upstream["dropout"]
+    if upstream.get("scoring_func", "softmax") != "softmax":
+        raise ValueError(f"scoring_func: only 'softmax' routing is supported, got {upstream['scoring_func']!r}")
+    if "use_moe" in upstream:
+        if not upstream["use_moe"]:
+            config["num_experts"] = 0
+        elif "n_routed_experts" in upstream:
+            config["num_experts"] = upstream["n_routed_experts"]
+    if "n_shared_experts" in upstream and config.get("num_experts"):
+        config["num_shared_experts"] = upstream["n_shared_experts"]
+    if "aux_loss_alpha" in upstream:
+        config["router_aux_loss_coef"] = upstream["aux_loss_alpha"]
+    if "seq_aux" in upstream:
+        config["router_aux_loss_type"] = "seq" if upstream["seq_aux"] else "switch"
+    elif "use_moe" in upstream and not minimind2:
+        # minimind-3: its coefficient weighs a per-layer loss summed over layers (see MINIMIND3_UPSTREAM_AUX_COEF).
+        coef = config.get("router_aux_loss_coef")
+        config["router_aux_loss_type"] = "switch"
+        config["router_aux_loss_coef"] = (MOE_AUX_LOSS_COEF if coef is None else coef) * config.get(
+            "num_hidden_layers", DEFAULT_NUM_HIDDEN_LAYERS
+        )
+    if (
+        upstream.get("inference_rope_scaling")
+        and config.get("rope_parameters") is None
+        and not config.get("rope_scaling")
+    ):
+        config["rope_parameters"] = dict(UPSTREAM_YARN_PARAMETERS)
+        config["max_position_embeddings"] = int(
+            UPSTREAM_YARN_PARAMETERS["factor"] * UPSTREAM_YARN_PARAMETERS["original_max_position_embeddings"]
+        )
+    # Upstream writes its YaRN dict as `rope_scaling` with `type`; the base class converts it to rope_parameters.
+    rope_scaling = config.get("rope_scaling")
+    if isinstance(rope_scaling, dict) and rope_scaling.get("type") and config.get("rope_parameters"):
+        config.pop("rope_scaling")
+    return config
 
 
 def tensor_parallel_plan(num_experts: int, num_shared_experts: int) -> dict[str, str]:
@@ -131,6 +211,7 @@ PRESETS = {
 }
 
 
+@strict
 class MiniMindConfig(PreTrainedConfig):
     r"""
     Configuration of a MiniMind model. Defaults give MiniMind2-Small (25.8M parameters).
@@ -181,8 +262,8 @@ class MiniMindConfig(PreTrainedConfig):
             Width of each expert. Defaults to `intermediate_size`.
         norm_topk_prob (`bool`, *optional*, defaults to `True`):
             Whether the top-k routing weights are renormalised to sum to 1.
-        router_aux_loss_coef (`float`, *optional*, defaults to 0.01):
-            Weight of the load-balancing loss added to `loss` when labels are given.
+        router_aux_loss_coef (`float`, *optional*):
+            Weight of the load-balancing loss added to `loss` when labels are given. Defaults to 0.01 on MoE configs.
         router_aux_loss_type (`str`, *optional*, defaults to `"seq"`):
             `"seq"`: MiniMind2's sequence-level balance loss, summed over layers. `"switch"`: the Switch / Qwen3-MoE
             loss of transformers' `load_balancing_loss_func` (also what TRL trainers compute): one loss over all
@@ -191,9 +272,6 @@ class MiniMindConfig(PreTrainedConfig):
             carries 5e-4 * 8 = 4e-3).
         output_router_logits (`bool`, *optional*, defaults to `False`):
             Whether router logits are returned.
-
-    The MoE fields (`num_experts_per_tok` ... `output_router_logits`) are set only when `num_experts > 0`: TRL treats
-    a model as MoE iff its config has `output_router_logits`.
         pad_token_id (`int`, *optional*, defaults to 0):
             `<|endoftext|>`.
         bos_token_id (`int`, *optional*, defaults to 1):
@@ -201,9 +279,20 @@ class MiniMindConfig(PreTrainedConfig):
         eos_token_id (`int`, *optional*, defaults to 2):
             `<|im_end|>`.
 
+    Every config has every MoE field (`num_experts_per_tok` ... `output_router_logits`). On a dense config
+    (`num_experts=0`) they hold `DENSE_MOE_FIELDS`, whatever was passed: no shared experts,
+    `router_aux_loss_coef=0.0` and `output_router_logits=False`, so TRL (which enables its aux loss only for a
+    non-zero coefficient) never asks a dense model for router logits or adds a router loss; the others keep their
+    defaults and `moe_intermediate_size` is `intermediate_size`.
+
     Upstream names accepted at load time: `use_moe`, `n_routed_experts`, `n_shared_experts`, `aux_loss_alpha`,
     `seq_aux`, `scoring_func` (only `"softmax"`), `dropout`, `flash_attn` (ignored: pick the backend with
-    `attn_implementation=`), `inference_rope_scaling` (upstream's YaRN dict) and `rope_theta` / `rope_scaling`.
+    `attn_implementation=`), `inference_rope_scaling` (upstream's YaRN dict) and `rope_theta` / `rope_scaling`
+    (see `translate_upstream_config`).
+
+    The checks (head counts, expert counts, loss type) are `validate_architecture`, transformers' `@strict` hook: they
+    run on construction (so on every load) and in `validate()`, which `save_pretrained` calls after attributes were
+    changed; construction raises their `ValueError` itself.
 
     Example:
     ```python
@@ -228,7 +317,7 @@ class MiniMindConfig(PreTrainedConfig):
         vocab_size=6400,
         hidden_size=512,
         intermediate_size=None,
-        num_hidden_layers=8,
+        num_hidden_layers=DEFAULT_NUM_HIDDEN_LAYERS,
         num_attention_heads=8,
         num_key_value_heads=2,
         head_dim=None,
@@ -247,7 +336,7 @@ class MiniMindConfig(PreTrainedConfig):
         num_shared_experts=0,
         moe_intermediate_size=None,
         norm_topk_prob=True,
-        router_aux_loss_coef=0.01,
+        router_aux_loss_coef=None,
         router_aux_loss_type="seq",
         output_router_logits=False,
         pad_token_id=0,
@@ -255,91 +344,42 @@ class MiniMindConfig(PreTrainedConfig):
         eos_token_id=2,
         **kwargs,
     ):
-        upstream = {
-            key: kwargs.pop(key) for key in (*_MINIMIND2_ONLY_KEYS, *_UPSTREAM_MARKER_KEYS, "dropout") if key in kwargs
-        }
-        if use_qk_norm is None:
-            is_minimind3 = any(k in upstream for k in _UPSTREAM_MARKER_KEYS) and not any(
-                k in upstream for k in _MINIMIND2_ONLY_KEYS
-            )
-            use_qk_norm = is_minimind3
-        if "dropout" in upstream:
-            attention_dropout = hidden_dropout = upstream["dropout"]
-        if upstream.get("scoring_func", "softmax") != "softmax":
-            raise ValueError(f"scoring_func: only 'softmax' routing is supported, got {upstream['scoring_func']!r}")
-        if "use_moe" in upstream:
-            if not upstream["use_moe"]:
-                num_experts = 0
-            elif "n_routed_experts" in upstream:
-                num_experts = upstream["n_routed_experts"]
-        if "n_shared_experts" in upstream and num_experts:
-            num_shared_experts = upstream["n_shared_experts"]
-        if "aux_loss_alpha" in upstream:
-            router_aux_loss_coef = upstream["aux_loss_alpha"]
-        if "seq_aux" in upstream:
-            router_aux_loss_type = "seq" if upstream["seq_aux"] else "switch"
-        elif "use_moe" in upstream and not any(k in upstream for k in _MINIMIND2_ONLY_KEYS):
-            # minimind-3: its coefficient weighs a per-layer loss summed over layers (see MINIMIND3_UPSTREAM_AUX_COEF).
-            router_aux_loss_type = "switch"
-            router_aux_loss_coef = router_aux_loss_coef * num_hidden_layers
-        if upstream.get("inference_rope_scaling") and rope_parameters is None and not kwargs.get("rope_scaling"):
-            rope_parameters = dict(UPSTREAM_YARN_PARAMETERS)
-            max_position_embeddings = int(
-                UPSTREAM_YARN_PARAMETERS["factor"] * UPSTREAM_YARN_PARAMETERS["original_max_position_embeddings"]
-            )
-        # Upstream writes its YaRN dict as `rope_scaling` with `type`; the base class converts it to rope_parameters.
-        if isinstance(kwargs.get("rope_scaling"), dict) and kwargs["rope_scaling"].get("type") and rope_parameters:
-            kwargs.pop("rope_scaling")
-        kwargs.pop("auto_map", None)
-
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size or minimind2_intermediate_size(hidden_size)
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads
-        self.head_dim = head_dim
-        self.hidden_act = hidden_act
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.tie_word_embeddings = tie_word_embeddings
-        self.rope_parameters = dict(rope_parameters) if rope_parameters is not None else None
-        self.attention_dropout = attention_dropout
-        self.hidden_dropout = hidden_dropout
-        self.use_qk_norm = bool(use_qk_norm)
-        self.num_experts = num_experts
-        # MoE fields exist only on MoE configs: TRL reads `output_router_logits` / `router_aux_loss_coef` as "this
-        # is an MoE model" and would otherwise ask a dense backbone for router logits it does not have.
-        if num_experts:
-            self.num_experts_per_tok = num_experts_per_tok
-            self.num_shared_experts = num_shared_experts
-            self.moe_intermediate_size = moe_intermediate_size or self.intermediate_size
-            self.norm_topk_prob = norm_topk_prob
-            self.router_aux_loss_coef = router_aux_loss_coef
-            self.router_aux_loss_type = router_aux_loss_type
-            self.output_router_logits = output_router_logits
-            self.base_model_tp_plan = tensor_parallel_plan(num_experts, num_shared_experts)
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
+        named = {key: value for key, value in locals().items() if key not in ("self", "kwargs", "__class__")}
+        kwargs = translate_upstream_config({**named, **kwargs})
+        kwargs.pop("auto_map", None)  # always AUTO_MAP, set below
+        for key in named:
+            setattr(self, key, kwargs.pop(key))
+        self.intermediate_size = self.intermediate_size or minimind2_intermediate_size(self.hidden_size)
+        if self.head_dim is None and not self.hidden_size % self.num_attention_heads:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        self.rope_parameters = dict(self.rope_parameters) if self.rope_parameters is not None else None
+        self.use_qk_norm = bool(self.use_qk_norm)
+        if self.num_experts:
+            self.moe_intermediate_size = self.moe_intermediate_size or self.intermediate_size
+            if self.router_aux_loss_coef is None:
+                self.router_aux_loss_coef = MOE_AUX_LOSS_COEF
+            self.base_model_tp_plan = tensor_parallel_plan(self.num_experts, self.num_shared_experts)
+        else:
+            for key, value in {**DENSE_MOE_FIELDS, "moe_intermediate_size": self.intermediate_size}.items():
+                setattr(self, key, value)
         # Every saved folder loads every head as remote code (save_pretrained alone writes only the saved class).
         self.auto_map = dict(AUTO_MAP)
         kwargs.setdefault("rope_theta", 1e6)
         super().__init__(**kwargs)
         if self.rope_parameters:
             self.rope_parameters.pop("type", None)
-        self._validate_minimind()
+        # Raised here as ValueError; `@strict` runs the validators again after `__init__`, wrapping their errors in
+        # huggingface_hub's StrictDataclassClassValidationError (what `validate()` raises).
+        self.validate_architecture()
 
-    def _validate_minimind(self):
-        if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads:
-                raise ValueError(
-                    f"num_attention_heads: {self.num_attention_heads} does not divide hidden_size {self.hidden_size}; "
-                    "set head_dim explicitly or change the head count"
-                )
-            self.head_dim = self.hidden_size // self.num_attention_heads
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation: the shapes and routing settings must be consistent."""
+        super().validate_architecture()
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"num_attention_heads: {self.num_attention_heads} does not divide hidden_size {self.hidden_size}; "
+                "set head_dim explicitly or change the head count"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_key_value_heads: {self.num_key_value_heads} does not divide num_attention_heads "
@@ -372,4 +412,4 @@ class MiniMindConfig(PreTrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
 
-__all__ = ["MiniMindConfig", "PRESETS"]
+__all__ = ["MiniMindConfig", "PRESETS", "translate_upstream_config"]

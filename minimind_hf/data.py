@@ -32,8 +32,8 @@ import numpy as np
 from datasets import Dataset, Features, IterableDataset, List, Value
 
 ROLES = ("system", "user", "assistant", "tool")
-REASONING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 EMPTY_THINK = "<think>\n\n</think>\n\n"
+_THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
 
 # System prompts for the random-system-prompt augmentation (upstream adds one with p 0.2).
 SYSTEM_PROMPTS = (
@@ -435,55 +435,26 @@ def strip_empty_think(dataset, p: float = 0.8, seed: int = 0):
     return dataset.map(_strip_think, with_indices=True, fn_kwargs={"p": p, "seed": seed})
 
 
-def _token_bytes(tokenizer) -> Callable[[int], bytes]:
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    byte_decoder = {char: byte for byte, char in bytes_to_unicode().items()}
-    added = {token_id: token.content for token_id, token in tokenizer.added_tokens_decoder.items()}
-
-    def to_bytes(token_id: int) -> bytes:
-        if token_id in added:
-            return added[token_id].encode("utf-8")
-        piece = tokenizer.convert_ids_to_tokens(int(token_id))
-        try:
-            return bytes(byte_decoder[char] for char in piece)
-        except KeyError:
-            raise ValueError("reasoning_tag_weights needs a byte-level BPE tokenizer") from None
-
-    return to_bytes
+def _skip(example: dict, index: int, p: float, seed: int) -> dict:
+    if _rng(seed, "skip_thinking", index).random() >= p:
+        return example
+    for message in example["messages"]:
+        if message["role"] != "assistant":
+            continue
+        if message.get("reasoning_content") is not None:
+            message["reasoning_content"] = ""
+        elif _THINK_BLOCK.match(message.get("content") or ""):
+            message["content"] = EMPTY_THINK + _THINK_BLOCK.sub("", message["content"], count=1)
+    return example
 
 
-def reasoning_tag_weights(
-    input_ids: Sequence[int],
-    tokenizer,
-    tags: Sequence[str] = REASONING_TAGS,
-    tag_weight: float = 10.0,
-    base_weight: float = 1.0,
-) -> list[float]:
-    """Per-token loss weights that up-weight exactly the tokens spelling the reasoning tags.
-
-    Upstream weights every token id that occurs in any tag's tokenisation, so with multi-piece tags every `<`, `>`
-    or `think` anywhere in the text got weight 10. Here the tags are located in the decoded byte string and only the
-    tokens overlapping those byte spans get `tag_weight`; everything else gets `base_weight`. Works for any
-    byte-level BPE tokenizer (the shipped one, where `<think>` is a single token, and upstream's, where it is not).
-
-    Args:
-        input_ids (`Sequence[int]`): one tokenised sequence.
-        tokenizer: the tokenizer that produced it.
-        tags (`Sequence[str]`, *optional*): the tag strings to find.
-        tag_weight (`float`, *optional*, defaults to 10.0): weight of tag tokens.
-        base_weight (`float`, *optional*, defaults to 1.0): weight of all other tokens.
-    """
-    to_bytes = _token_bytes(tokenizer)
-    pieces = [to_bytes(t) for t in input_ids]
-    starts = np.cumsum([0] + [len(p) for p in pieces])
-    text = b"".join(pieces)
-    weights = np.full(len(pieces), base_weight, dtype=np.float64)
-    for tag in tags:
-        needle = tag.encode("utf-8")
-        for match in re.finditer(re.escape(needle), text):
-            # tokens whose byte span [starts[i], starts[i+1]) overlaps the tag's span
-            first = np.searchsorted(starts, match.start(), side="right") - 1
-            last = np.searchsorted(starts, match.end(), side="left")
-            weights[first:last] = tag_weight
-    return weights.tolist()
+def skip_thinking(dataset, p: float = 0.2, seed: int = 0):
+    """Empties the think block of a trace's assistant turns with probability `p`, so that the model also learns to
+    answer straight after the empty block the chat template writes with `enable_thinking=False`
+    (`<think>\\n\\n</think>\\n\\n`): minimind-3's switchable thinking. Content such as
+    `<think>\\nFirst, ...\\n</think>\\n<answer>\\n7\\n</answer>` becomes `<think>\\n\\n</think>\\n\\n<answer>\\n7\\n</answer>`;
+    a `reasoning_content` becomes empty. A seeded `dataset.map`: row `i` draws from a generator seeded by
+    (`seed`, `i`)."""
+    if p <= 0:
+        return dataset
+    return dataset.map(_skip, with_indices=True, fn_kwargs={"p": p, "seed": seed})

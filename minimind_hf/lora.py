@@ -1,8 +1,9 @@
 """LoRA for MiniMind through PEFT: the recipe arguments, the checks PEFT does not make, and merging an adapter back
 into a plain MiniMind folder.
 
-PEFT does the training-side work (`LoraConfig`, `get_peft_model` inside TRL's trainers, `merge_and_unload`). What it
-leaves out, and this module adds:
+PEFT does the training-side work (`LoraConfig` from TRL's `get_peft_config`, `get_peft_model` inside TRL's
+trainers, `merge_and_unload`); every training recipe takes `--use_peft` and the `lora_*` flags of
+[`minimind_hf.training.ModelArguments`]. What PEFT leaves out, and this module adds:
 
 - a guard that no target reaches the MoE router (`mlp.gate`, a bare parameter): PEFT would either refuse it with a
   generic "module not supported" or, through `target_parameters`, silently put an adapter on routing;
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,73 +26,38 @@ from peft import LoraConfig, PeftConfig, PeftModel
 from peft.tuners.tuners_utils import check_target_module_exists
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from trl import get_peft_config
 
 from .chat_templates import get_chat_template
 from .converters.common import atomic_output, save_generation_config
 from .modeling_minimind import MiniMindTopKRouter
 from .tokenization import load_tokenizer
-from .training import RecipeError
-
-# Every linear projection of a MiniMind block: attention, dense MLP, routed and shared experts (PEFT matches these
-# names as suffixes, so `gate_proj` reaches `mlp.experts.3.gate_proj`). The router `mlp.gate` is not among them.
-DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from .training import ModelArguments, RecipeError
 
 
-@dataclass
-class LoraArguments:
-    """LoRA settings, named as TRL's `ModelConfig` names them (which cannot be used itself: its `model_name_or_path`
-    and `attn_implementation` collide with [`ModelArguments`] in one parser). Mapped onto `peft.LoraConfig`."""
-
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank (upstream: 8)."})
-    lora_alpha: int = field(
-        default=8,
-        metadata={"help": "Updates are scaled by lora_alpha / lora_r; 8 / 8 = 1 is upstream's unscaled LoRA."},
-    )
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input (upstream: none)."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
-        metadata={
-            "help": "Module name suffixes to adapt, or `all-linear`. Default: every attention and MLP projection, "
-            "experts included. The MoE router is never adapted."
-        },
-    )
-    lora_modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter (e.g. a new head)."}
-    )
-    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised scaling lora_alpha / sqrt(r)."})
-    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
-
-
-def lora_config(args: LoraArguments, model) -> LoraConfig:
-    """The `peft.LoraConfig` for `args`, after checking that no target is a MoE router of `model`.
+def lora_config(model_args: ModelArguments, model) -> LoraConfig | None:
+    """TRL's `get_peft_config(model_args)` (None without `use_peft`), after checking that no target is a MoE router
+    of `model`.
 
     Raises:
         [`RecipeError`]: when a target module name matches a MoE router.
     """
-    targets = args.lora_target_modules
-    if isinstance(targets, str):
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    config = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=targets[0] if targets == ["all-linear"] else targets,
-        modules_to_save=args.lora_modules_to_save,
-        use_rslora=args.use_rslora,
-        use_dora=args.use_dora,
-        bias="none",
-    )
+    config = get_peft_config(model_args)
+    if config is None:
+        return None
+    targets = config.target_modules
     routers = [
         name
         for name, module in model.named_modules()
         if isinstance(module, MiniMindTopKRouter) and check_target_module_exists(config, name)
     ]
-    if routers or any(isinstance(model.get_submodule(n), MiniMindTopKRouter) for n in args.lora_modules_to_save or []):
+    saved = model_args.lora_modules_to_save or []
+    if routers or any(isinstance(model.get_submodule(n), MiniMindTopKRouter) for n in saved):
         raise RecipeError(
-            f"lora_target_modules: {targets} reach the MoE router ({(routers or args.lora_modules_to_save)[0]}); "
-            "routers are not adapted (their top-k choice is discrete, and a LoRA delta would change routing "
-            "without a load-balancing signal). Name the expert projections instead (gate_proj, up_proj, down_proj)."
+            f"lora_target_modules: {sorted(targets) if isinstance(targets, set) else targets} reach the MoE router "
+            f"({(routers or saved)[0]}); routers are not adapted (their top-k choice is discrete, and a LoRA delta "
+            "would change routing without a load-balancing signal). Name the expert projections instead (gate_proj, "
+            "up_proj, down_proj)."
         )
     return config
 
@@ -228,8 +193,6 @@ def merge_lora(
 
 
 __all__ = [
-    "DEFAULT_TARGET_MODULES",
-    "LoraArguments",
     "adapter_base_path",
     "add_replay",
     "check_adapter_matches",

@@ -515,7 +515,13 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         """
         is_moe = self.config.num_experts > 0
         if output_router_logits is None:
-            output_router_logits = getattr(self.config, "output_router_logits", False)
+            output_router_logits = self.config.output_router_logits
+        if output_router_logits and not is_moe:
+            # TRL asks for router logits when its `router_aux_loss_coef` is non-zero, whatever the model is.
+            raise ValueError(
+                "output_router_logits: this is a dense model (num_experts 0) and has no router; leave "
+                "router_aux_loss_coef at 0 and output_router_logits off"
+            )
         want_aux = is_moe and (output_router_logits or labels is not None)
         outputs: MoeModelOutputWithPast = self.model(
             input_ids=input_ids,

@@ -1,6 +1,13 @@
 """What every recipe shares: argument dataclasses, the YAML/CLI parser, model and tokenizer construction with the
 checks that must fail before anything is written, resuming, and the loss-curve plot.
 
+The argument grammar is TRL's: a data-arguments dataclass, the trainer's config (`SFTConfig`, `DPOConfig`, ...) and
+[`ModelArguments`], which is `trl.ModelConfig` (`model_name_or_path`, `dtype`, `attn_implementation`, `use_peft`
+and the `lora_*` flags) plus what a fresh MiniMind needs (`preset`, `config_overrides`, `tokenizer_name_or_path`).
+Every recipe module exports `make_parser()` (a [`RecipeParser`] over its dataclasses) and `main(...)` taking the
+parsed dataclasses, so `python recipes/X.py`, `accelerate launch recipes/X.py`, `python -m recipes.X` and
+`from recipes import X` all work the same.
+
 Recipes stay thin (parse, build, `trainer.train()`); training loops and losses belong to TRL and transformers.
 """
 
@@ -16,7 +23,7 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
-from trl import TrlParser
+from trl import ModelConfig, TrlParser, get_quantization_config
 
 from .configuration_minimind import PRESETS, MiniMindConfig
 from .modeling_minimind import MiniMindForCausalLM
@@ -36,17 +43,20 @@ ARCHITECTURE_FIELDS = (
 )
 
 
+# Every linear projection of a MiniMind block: attention, dense MLP, routed and shared experts (PEFT matches these
+# names as suffixes, so `gate_proj` reaches `mlp.experts.3.gate_proj`). The router `mlp.gate` is not among them.
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 @dataclass
-class ModelArguments:
-    """Which model a recipe starts from."""
+class ModelArguments(ModelConfig):
+    """TRL's `ModelConfig` with MiniMind's additions: which model a recipe starts from and, with `use_peft`, the LoRA
+    adapter it trains (`trl.get_peft_config`, plus the router check of `minimind_hf.lora.lora_config`). The LoRA
+    defaults are upstream's: rank 8, alpha 8 (unscaled), no dropout, every attention and MLP projection."""
 
     preset: str | None = field(
         default=None,
         metadata={"help": f"Build a fresh model of a named size: {', '.join(PRESETS)}."},
-    )
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Start from this checkpoint folder instead (its config must agree with `preset` if both)."},
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
@@ -61,9 +71,27 @@ class ModelArguments:
             "YAML, e.g. '{\"hidden_dropout\": 0.1}'."
         },
     )
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager, sdpa or flash_attention_2 (default: transformers' choice)."}
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (upstream: 8)."})
+    lora_alpha: int = field(
+        default=8,
+        metadata={"help": "Updates are scaled by lora_alpha / lora_r; 8 / 8 = 1 is upstream's unscaled LoRA."},
     )
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input (upstream: none)."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        metadata={
+            "help": "Module name suffixes to adapt, or `all-linear`. Default: every attention and MLP projection, "
+            "experts included. The MoE router is never adapted."
+        },
+    )
+
+    def __post_init__(self):
+        # TRL turns a one-element list into a string, which PEFT reads as a regular expression over the full module
+        # name: keep module names as a list (`all-linear` is PEFT's keyword, a string).
+        targets = self.lora_target_modules
+        super().__post_init__()
+        if isinstance(targets, list) and targets != ["all-linear"]:
+            self.lora_target_modules = targets
 
 
 @dataclass
@@ -93,12 +121,26 @@ class RecipeError(ValueError):
     """A recipe's inputs are inconsistent; raised before any output is written."""
 
 
-def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None):
-    """defaults < YAML `--config` < command line, through TRL's parser. A missing or malformed config file, or a key no
-    argument dataclass knows, stops with one error naming the file (before TRL's own checks, which do not)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if "--config" in argv[:-1]:
-        config_path = Path(argv[argv.index("--config") + 1])
+class RecipeParser(TrlParser):
+    """TRL's parser (defaults < YAML `--config` < command line) that first checks the config file: a missing or
+    malformed file, or a key no argument dataclass knows, stops with one error naming the file (TRL's own checks do
+    not). Parsed `TrainingArguments` stop pinning DataLoader memory where there is no accelerator (torch only warns)."""
+
+    def parse_args_and_config(self, args: list[str] | None = None, **kwargs):
+        argv = sys.argv[1:] if args is None else list(args)
+        if "--config" in argv[:-1]:
+            self._check_config(Path(argv[argv.index("--config") + 1]))
+        parsed = super().parse_args_and_config(args=argv, **kwargs)
+        for item in parsed:
+            if (
+                isinstance(item, TrainingArguments)
+                and item.dataloader_pin_memory
+                and not torch.accelerator.is_available()
+            ):
+                item.dataloader_pin_memory = False
+        return parsed
+
+    def _check_config(self, config_path: Path) -> None:
         if not config_path.is_file():
             raise RecipeError(f"{config_path}: config file not found")
         try:
@@ -107,16 +149,10 @@ def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None = None):
             raise RecipeError(f"{config_path}: not valid YAML: {err}") from None
         if not isinstance(config, dict):
             raise RecipeError(f"{config_path}: must be a YAML mapping of argument names to values")
-        known = {f.name for t in dataclass_types for f in dataclasses.fields(t)} | {"env"}
+        known = {f.name for t in self.dataclass_types for f in dataclasses.fields(t)} | {"env"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise RecipeError(f"{config_path}: unknown key(s) {', '.join(unknown)}")
-    parsed = TrlParser(dataclass_types).parse_args_and_config(args=argv)
-    for args in parsed:
-        # Trainer pins DataLoader memory by default; without an accelerator that does nothing but make torch warn.
-        if isinstance(args, TrainingArguments) and args.dataloader_pin_memory and not torch.accelerator.is_available():
-            args.dataloader_pin_memory = False
-    return parsed
 
 
 def recipe_tokenizer(model_args: ModelArguments):
@@ -153,7 +189,12 @@ def build_model(model_args: ModelArguments, tokenizer, seed: int | None = None) 
             raise RecipeError(f"model_name_or_path: {checkpoint} is not a model folder (no config.json)")
         if model_args.preset:
             check_preset_matches(model_args.preset, str(checkpoint))
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
+        # Trainable weights stay float32 by default (TRL's `dtype`); mixed precision is the trainer's `bf16`.
+        dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+        quantization = get_quantization_config(model_args)  # load_in_4bit / load_in_8bit (bitsandbytes, QLoRA)
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype, **kwargs)
     else:
         overrides = model_args.config_overrides or {}
         if isinstance(overrides, str):
@@ -249,14 +290,15 @@ def end_distributed() -> None:
 
 __all__ = [
     "DataArguments",
+    "DEFAULT_TARGET_MODULES",
     "ModelArguments",
     "RecipeError",
+    "RecipeParser",
     "build_model",
     "check_output_dir",
     "check_preset_matches",
     "end_distributed",
     "finish_run",
-    "parse_recipe_args",
     "plot_loss_curve",
     "recipe_tokenizer",
 ]

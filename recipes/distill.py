@@ -19,17 +19,18 @@ from transformers import AutoModelForCausalLM
 
 from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.data import load_sft_dataset
+from minimind_hf.lora import lora_config
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.trainers import LogitDistillationConfig, LogitDistillationTrainer, check_teacher_vocabulary
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
     RecipeError,
+    RecipeParser,
     build_model,
     check_output_dir,
     end_distributed,
     finish_run,
-    parse_recipe_args,
     recipe_tokenizer,
 )
 
@@ -51,8 +52,9 @@ def load_teacher(path: str | None, attn_implementation: str | None = None):
     return teacher, load_tokenizer(path) if has_tokenizer else None
 
 
-# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
-ARGUMENTS = (DistillDataArguments, LogitDistillationConfig, ModelArguments)
+def make_parser() -> RecipeParser:
+    """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
+    return RecipeParser((DistillDataArguments, LogitDistillationConfig, ModelArguments))
 
 
 def main(data_args: DistillDataArguments, training_args: LogitDistillationConfig, model_args: ModelArguments) -> dict:
@@ -73,11 +75,12 @@ def main(data_args: DistillDataArguments, training_args: LogitDistillationConfig
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
+            peft_config=lora_config(model_args, model),
         )
         trainer.train(resume_from_checkpoint=resume_from)
     return finish_run(trainer)
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(ARGUMENTS))
+    main(*make_parser().parse_args_and_config())
     end_distributed()

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from trl import DPOConfig, DPOTrainer
 
 from minimind_hf.data import load_dpo_dataset
-from minimind_hf.lora import LoraArguments, lora_config
+from minimind_hf.lora import lora_config
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
+    RecipeParser,
     build_model,
     check_output_dir,
     end_distributed,
     finish_run,
-    parse_recipe_args,
     recipe_tokenizer,
 )
 
@@ -39,18 +39,12 @@ class DPODataArguments(DataArguments):
     curriculum_stage: str = field(default="dpo", metadata={"help": "Curriculum stage used when no files are given."})
 
 
-@dataclass
-class DPOLoraArguments(LoraArguments):
-    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
+def make_parser() -> RecipeParser:
+    """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
+    return RecipeParser((DPODataArguments, DPOConfig, ModelArguments))
 
 
-# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
-ARGUMENTS = (DPODataArguments, DPOConfig, ModelArguments, DPOLoraArguments)
-
-
-def main(
-    data_args: DPODataArguments, training_args: DPOConfig, model_args: ModelArguments, lora_args: DPOLoraArguments
-) -> dict:
+def main(data_args: DPODataArguments, training_args: DPOConfig, model_args: ModelArguments) -> dict:
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
     train_files, eval_files = data_args.files(data_args.curriculum_stage)
@@ -59,7 +53,7 @@ def main(
     eval_dataset = load_dpo_dataset(eval_files) if eval_files else None
     model = build_model(model_args, tokenizer, seed=training_args.seed)
 
-    peft_config = lora_config(lora_args, model) if lora_args.use_peft else None
+    peft_config = lora_config(model_args, model)
     # Without LoRA the reference is an exact frozen copy; TRL would otherwise reload it from `config._name_or_path`.
     # With LoRA, or when the reference log-probs are precomputed, TRL needs no second model.
     needs_copy = peft_config is None and not training_args.precompute_ref_log_probs
@@ -78,5 +72,5 @@ def main(
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(ARGUMENTS))
+    main(*make_parser().parse_args_and_config())
     end_distributed()

@@ -22,15 +22,16 @@ from trl import SFTConfig, SFTTrainer
 from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.curriculum import ensure_curriculum
 from minimind_hf.data import add_random_system_prompt, load_sft_dataset
-from minimind_hf.lora import LoraArguments, add_replay, count_parameters, lora_config
+from minimind_hf.lora import add_replay, count_parameters, lora_config
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
+    RecipeError,
+    RecipeParser,
     build_model,
     check_output_dir,
     end_distributed,
     finish_run,
-    parse_recipe_args,
     recipe_tokenizer,
 )
 
@@ -80,18 +81,26 @@ def load_datasets(data_args: LoraDataArguments):
     return train, load_sft_dataset(eval_files) if eval_files else None
 
 
-# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
-ARGUMENTS = (LoraDataArguments, SFTConfig, ModelArguments, LoraArguments)
+@dataclass
+class LoraModelArguments(ModelArguments):
+    """As every recipe's model arguments, with `use_peft` on: this recipe trains an adapter."""
+
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (this recipe's purpose)."})
 
 
-def main(
-    data_args: LoraDataArguments, training_args: SFTConfig, model_args: ModelArguments, lora_args: LoraArguments
-) -> dict:
+def make_parser() -> RecipeParser:
+    """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
+    return RecipeParser((LoraDataArguments, SFTConfig, LoraModelArguments))
+
+
+def main(data_args: LoraDataArguments, training_args: SFTConfig, model_args: LoraModelArguments) -> dict:
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
     train_dataset, eval_dataset = load_datasets(data_args)
     model = build_model(model_args, tokenizer, seed=training_args.seed)
-    peft_config = lora_config(lora_args, model)
+    if not model_args.use_peft:
+        raise RecipeError("use_peft: the LoRA recipe trains an adapter; recipes/sft.py fine-tunes every weight")
+    peft_config = lora_config(model_args, model)
 
     with training_chat_template(tokenizer):
         trainer = SFTTrainer(
@@ -110,5 +119,5 @@ def main(
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(ARGUMENTS))
+    main(*make_parser().parse_args_and_config())
     end_distributed()

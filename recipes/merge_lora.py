@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minimind_hf.lora import merge_lora
-from minimind_hf.training import parse_recipe_args
+from minimind_hf.training import RecipeParser
 
 
 @dataclass
@@ -27,8 +27,9 @@ class MergeArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output_dir."})
 
 
-# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
-ARGUMENTS = (MergeArguments,)
+def make_parser() -> RecipeParser:
+    """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
+    return RecipeParser((MergeArguments,))
 
 
 def main(args: MergeArguments) -> Path:
@@ -36,4 +37,4 @@ def main(args: MergeArguments) -> Path:
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(ARGUMENTS))
+    main(*make_parser().parse_args_and_config())

@@ -17,16 +17,17 @@ from dataclasses import dataclass
 from trl import SFTConfig
 
 from minimind_hf.data import load_pretrain_dataset
+from minimind_hf.lora import lora_config
 from minimind_hf.packing import PackedCollator, tokenize_and_pack
 from minimind_hf.trainers import PretrainTrainer
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
+    RecipeParser,
     build_model,
     check_output_dir,
     end_distributed,
     finish_run,
-    parse_recipe_args,
     recipe_tokenizer,
 )
 
@@ -36,8 +37,9 @@ class PretrainDataArguments(DataArguments):
     """Pretraining text: upstream `{"text": ...}` JSONL (e.g. pretrain_hq.jsonl) or the curriculum's prose."""
 
 
-# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
-ARGUMENTS = (PretrainDataArguments, SFTConfig, ModelArguments)
+def make_parser() -> RecipeParser:
+    """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
+    return RecipeParser((PretrainDataArguments, SFTConfig, ModelArguments))
 
 
 def main(data_args: PretrainDataArguments, training_args: SFTConfig, model_args: ModelArguments) -> dict:
@@ -68,11 +70,12 @@ def main(data_args: PretrainDataArguments, training_args: SFTConfig, model_args:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        peft_config=lora_config(model_args, model),
     )
     trainer.train(resume_from_checkpoint=resume_from)
     return finish_run(trainer)
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(ARGUMENTS))
+    main(*make_parser().parse_args_and_config())
     end_distributed()

@@ -17,22 +17,18 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, HfArgumentParser
+from transformers import AutoModelForCausalLM
 
 from minimind_hf.curriculum import ensure_curriculum, evaluate, load_eval_records, make_generate_fn, score
 from minimind_hf.tokenization import load_tokenizer
-from minimind_hf.training import parse_recipe_args
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pretrain  # noqa: E402
-import sft  # noqa: E402
+from minimind_hf.training import RecipeParser
+from recipes import pretrain, sft
 
 RECIPES = Path(__file__).resolve().parent
 
@@ -64,7 +60,8 @@ def stage_metrics(output_dir: Path, final: dict) -> dict:
 
 
 def run_stage(module, config: str, out: Path, extra: list[str]) -> dict:
-    final = module.main(*parse_recipe_args(module.ARGUMENTS, ["--config", config, "--output_dir", str(out), *extra]))
+    argv = ["--config", config, "--output_dir", str(out), *extra]
+    final = module.main(*module.make_parser().parse_args_and_config(argv))
     return stage_metrics(out, final)
 
 
@@ -196,6 +193,10 @@ def report(metrics: dict, out: Path) -> None:
     print(f"\nwall time {metrics['wall_time_s']} s on {metrics['threads']} threads; metrics: {out / 'metrics.json'}")
 
 
+def make_parser() -> RecipeParser:
+    """The quickstart's arguments (defaults < YAML `--config` < command line, as every recipe)."""
+    return RecipeParser((QuickstartArguments,))
+
+
 if __name__ == "__main__":
-    (quickstart_args,) = HfArgumentParser(QuickstartArguments).parse_args_into_dataclasses()
-    main(quickstart_args)
+    main(*make_parser().parse_args_and_config())

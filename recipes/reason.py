@@ -15,16 +15,17 @@ empty block and the model answers directly.
 from dataclasses import dataclass, field
 
 from minimind_hf.chat_templates import training_chat_template
-from minimind_hf.data import add_random_system_prompt, load_reasoning_dataset
-from minimind_hf.trainers import ReasoningSFTConfig, ReasoningSFTTrainer, skip_thinking
+from minimind_hf.data import add_random_system_prompt, load_reasoning_dataset, skip_thinking
+from minimind_hf.lora import lora_config
+from minimind_hf.trainers import ReasoningSFTConfig, ReasoningSFTTrainer
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
+    RecipeParser,
     build_model,
     check_output_dir,
     end_distributed,
     finish_run,
-    parse_recipe_args,
     recipe_tokenizer,
 )
 
@@ -55,8 +56,9 @@ def load_datasets(data_args: ReasonDataArguments):
     return train, load_reasoning_dataset(eval_files) if eval_files else None
 
 
-# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
-ARGUMENTS = (ReasonDataArguments, ReasoningSFTConfig, ModelArguments)
+def make_parser() -> RecipeParser:
+    """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
+    return RecipeParser((ReasonDataArguments, ReasoningSFTConfig, ModelArguments))
 
 
 def main(data_args: ReasonDataArguments, training_args: ReasoningSFTConfig, model_args: ModelArguments) -> dict:
@@ -72,11 +74,12 @@ def main(data_args: ReasonDataArguments, training_args: ReasoningSFTConfig, mode
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
+            peft_config=lora_config(model_args, model),
         )
         trainer.train(resume_from_checkpoint=resume_from)
     return finish_run(trainer)
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(ARGUMENTS))
+    main(*make_parser().parse_args_and_config())
     end_distributed()

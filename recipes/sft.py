@@ -14,14 +14,15 @@ from trl import SFTConfig, SFTTrainer
 
 from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.data import add_random_system_prompt, load_sft_dataset, strip_empty_think
+from minimind_hf.lora import lora_config
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
+    RecipeParser,
     build_model,
     check_output_dir,
     end_distributed,
     finish_run,
-    parse_recipe_args,
     recipe_tokenizer,
 )
 
@@ -48,8 +49,9 @@ def load_datasets(data_args: SFTDataArguments):
     return train, load_sft_dataset(eval_files) if eval_files else None
 
 
-# The argument dataclasses, in the order `main` takes them (defaults < YAML `--config` < command line).
-ARGUMENTS = (SFTDataArguments, SFTConfig, ModelArguments)
+def make_parser() -> RecipeParser:
+    """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
+    return RecipeParser((SFTDataArguments, SFTConfig, ModelArguments))
 
 
 def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: ModelArguments) -> dict:
@@ -66,11 +68,12 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
+            peft_config=lora_config(model_args, model),
         )
         trainer.train(resume_from_checkpoint=resume_from)
     return finish_run(trainer)
 
 
 if __name__ == "__main__":
-    main(*parse_recipe_args(ARGUMENTS))
+    main(*make_parser().parse_args_and_config())
     end_distributed()

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
-from trl import TrlParser
-
 from minimind_hf.curriculum import ensure_curriculum, iter_curriculum_text
 from minimind_hf.tokenization import DEFAULT_VOCAB_SIZE, compression, iter_text_files, save_tokenizer, train_tokenizer
+from minimind_hf.training import RecipeParser
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +59,9 @@ class TokenizerArguments:
     heldout_fraction: float = field(default=0.1, metadata={"help": "Fraction of each text file kept out of training."})
 
 
-# The argument dataclass `main` takes (defaults < YAML `--config` < command line).
-ARGUMENTS = (TokenizerArguments,)
+def make_parser() -> RecipeParser:
+    """The recipe's arguments (defaults < YAML `--config` < command line)."""
+    return RecipeParser((TokenizerArguments,))
 
 
 def main(args: TokenizerArguments) -> dict[str, dict[str, float]]:
@@ -91,5 +91,4 @@ def main(args: TokenizerArguments) -> dict[str, dict[str, float]]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    (script_args,) = TrlParser(ARGUMENTS).parse_args_and_config()
-    main(script_args)
+    main(*make_parser().parse_args_and_config())

@@ -1,94 +1,10 @@
-"""Shared test helpers: tiny in-process MiniMind models (no network, no downloads)."""
-
-from pathlib import Path
+"""Fixtures shared by the test modules (helpers live in `tests/utils.py`)."""
 
 import pytest
-import torch
-import yaml
 
-import minimind_hf  # noqa: F401  (registers the Auto classes)
-from minimind_hf import MiniMindConfig, MiniMindForCausalLM
-from minimind_hf.training import parse_recipe_args
-
-# STYLE.md's tiny test shape: hidden 64, 2 layers, 4 q / 2 kv heads, head_dim 32 (vLLM-CPU needs >= 32).
-TINY = {
-    "vocab_size": 6400,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 32,
-    "max_position_embeddings": 1024,
-}
-TINY_MOE = {**TINY, "num_experts": 4, "num_experts_per_tok": 2, "num_shared_experts": 1, "moe_intermediate_size": 64}
-
-VARIANTS = {
-    "dense": {},
-    "qk_norm": {"use_qk_norm": True, "rms_norm_eps": 1e-6},
-    "moe_shared": {"num_experts": 4, "num_experts_per_tok": 2, "num_shared_experts": 1, "moe_intermediate_size": 64},
-    "moe_top1": {
-        "num_experts": 4,
-        "num_experts_per_tok": 1,
-        "num_shared_experts": 0,
-        "moe_intermediate_size": 64,
-        "use_qk_norm": True,
-        "router_aux_loss_type": "switch",
-        "router_aux_loss_coef": 5e-4,
-    },
-}
-
-
-def tiny_config(variant: str = "dense", **overrides) -> MiniMindConfig:
-    return MiniMindConfig(**{**TINY, **VARIANTS[variant], **overrides})
-
-
-def tiny_model(variant: str = "dense", seed: int = 0, **overrides) -> MiniMindForCausalLM:
-    torch.manual_seed(seed)
-    return MiniMindForCausalLM(tiny_config(variant, **overrides)).eval()
-
-
-def pattern_tokens(length: int, seed: int = 0, vocab_size: int = 6400) -> torch.Tensor:
-    """The repeating 16-token pattern `briefly_trained` teaches; a prefix of it is a prompt the model continues."""
-    pattern = torch.randint(3, vocab_size, (16,), generator=torch.Generator().manual_seed(seed))
-    return pattern.repeat(length // 16 + 1)[:length]
-
-
-def briefly_trained(model: MiniMindForCausalLM, steps: int = 30, seq_len: int = 48, seed: int = 0):
-    """Train a few AdamW steps on a repeating token pattern so logits are far from tied (random weights give
-    near-uniform logits, which makes greedy and argmax comparisons flaky)."""
-    data = pattern_tokens(seq_len, seed, model.config.vocab_size).unsqueeze(0).repeat(4, 1)
-    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=data, labels=data).loss
-        loss.backward()
-        optim.step()
-        optim.zero_grad()
-    return model.eval()
+from tests.utils import VARIANTS
 
 
 @pytest.fixture(params=list(VARIANTS))
 def variant(request):
     return request.param
-
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def shipped_yamls(stages):
-    """One pytest param per shipped `recipes/<preset>/<stage>.yaml` whose stage is in `stages`."""
-    for path in sorted(RECIPES.glob("*/*.yaml")):
-        if path.stem in stages:
-            yield pytest.param(path, id=f"{path.parent.name}/{path.name}")
-
-
-def parse_shipped_yaml(path, types):
-    """(raw YAML, parsed argument dataclasses) for a shipped recipe YAML. TrainingArguments refuses bf16 without a
-    bf16 device at parse time; the GPU presets ask for it on purpose, so it is switched off on the command line."""
-    raw = yaml.safe_load(path.read_text())
-    argv = ["--config", str(path)]
-    if raw.get("bf16") and not torch.cuda.is_available():
-        assert path.parent.name != "tiny"
-        argv += ["--bf16", "false"]
-    return raw, parse_recipe_args(types, argv)

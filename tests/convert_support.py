@@ -8,9 +8,9 @@ import functools
 from pathlib import Path
 
 import torch
-from conftest import briefly_trained, tiny_model
 
 from minimind_hf.tokenization import load_tokenizer
+from tests.utils import briefly_trained, tiny_model
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,7 +14,7 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, prepare_multi_gpu_env
 
-from tests.conftest import tiny_model
+from tests.utils import tiny_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "accelerate_configs"
 

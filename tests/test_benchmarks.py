@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.tokenization import load_tokenizer
-from tests.conftest import tiny_config
+from tests.utils import tiny_config
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "pretrain_throughput.py"
 MAX_LENGTH, BATCH_SIZE = 64, 2

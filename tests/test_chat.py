@@ -20,7 +20,7 @@ from minimind_hf.chat import (
     stream_reply,
 )
 from minimind_hf.tokenization import load_tokenizer
-from tests.conftest import briefly_trained, tiny_model
+from tests.utils import briefly_trained, tiny_model
 
 MAX_NEW_TOKENS = 16
 

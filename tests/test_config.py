@@ -1,11 +1,15 @@
 """MiniMindConfig: presets, upstream aliases, validation, YaRN frequencies."""
 
+import inspect
+import json
 import math
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from minimind_hf import PRESETS, MiniMindConfig, MiniMindForCausalLM
+from minimind_hf.configuration_minimind import DENSE_MOE_FIELDS, UPSTREAM_YARN_PARAMETERS, translate_upstream_config
 from minimind_hf.modeling_minimind import MiniMindRotaryEmbedding
 
 # Upstream's published totals (tied embedding counted once) and active parameters for the MoE sizes.
@@ -52,15 +56,126 @@ def test_intermediate_size_rules():
     assert MiniMindConfig.from_preset("minimind3").intermediate_size == 2432
 
 
-def test_router_fields_exist_only_on_moe_configs():
-    # TRL decides "MoE or not" from hasattr(config, "output_router_logits").
+MOE_FIELDS = (
+    "num_experts_per_tok",
+    "num_shared_experts",
+    "moe_intermediate_size",
+    "norm_topk_prob",
+    "router_aux_loss_coef",
+    "router_aux_loss_type",
+    "output_router_logits",
+)
+
+
+def init_default(name):
+    return inspect.signature(MiniMindConfig.__init__).parameters[name].default
+
+
+def test_every_config_has_every_moe_field():
     dense = MiniMindConfig.from_preset("minimind2-small")
-    moe = MiniMindConfig.from_preset("minimind2-moe")
-    for field in ("output_router_logits", "router_aux_loss_coef", "num_experts_per_tok"):
-        assert not hasattr(dense, field)
-        assert hasattr(moe, field)
-    reloaded = MiniMindConfig.from_dict(dense.to_dict())
-    assert not hasattr(reloaded, "output_router_logits")
+    assert {name: getattr(dense, name) for name in MOE_FIELDS} == {
+        "num_experts_per_tok": init_default("num_experts_per_tok"),
+        "num_shared_experts": 0,
+        "moe_intermediate_size": dense.intermediate_size,
+        "norm_topk_prob": init_default("norm_topk_prob"),
+        "router_aux_loss_coef": 0.0,
+        "router_aux_loss_type": init_default("router_aux_loss_type"),
+        "output_router_logits": False,
+    }
+    # whatever a dense config is given (here MiniMind2-MoE's settings), it holds the dense values
+    assert {
+        name: getattr(MiniMindConfig.from_preset("minimind2-moe", num_experts=0), name) for name in MOE_FIELDS
+    } == {
+        **DENSE_MOE_FIELDS,
+        "moe_intermediate_size": MiniMindConfig(hidden_size=640).intermediate_size,
+    }
+    assert MiniMindConfig.from_dict(dense.to_dict()).to_dict() == dense.to_dict()
+    assert all(name in dense.to_dict() for name in MOE_FIELDS)
+    # router_aux_loss_coef=None: 0.01 on MoE configs; the presets keep their own values
+    assert init_default("router_aux_loss_coef") is None
+    assert MiniMindConfig(num_experts=4).router_aux_loss_coef == 0.01
+    for name, preset in PRESETS.items():
+        config = MiniMindConfig.from_preset(name)
+        assert all(getattr(config, key) == value for key, value in preset.items() if key in MOE_FIELDS), name
+
+
+def test_dense_config_json_without_moe_fields_still_loads(tmp_path):
+    # as saved before every config carried the MoE fields
+    config = MiniMindConfig.from_preset("tiny").to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in MOE_FIELDS}))
+    assert MiniMindConfig.from_pretrained(tmp_path).to_dict() == MiniMindConfig.from_preset("tiny").to_dict()
+
+
+FAST_TRAINING = {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1, "save_strategy": "no"}
+FAST_TRAINING |= {"report_to": "none", "bf16": False, "activation_checkpointing": False, "max_length": 64}
+FAST_TRAINING |= {"dataloader_pin_memory": False}
+
+
+@pytest.mark.parametrize("stage", ["sft", "sft-moe", "reason", "distill", "dpo"])
+def test_trl_trains_a_dense_model_as_dense(stage, tmp_path):
+    """TRL reads `output_router_logits` / `router_aux_loss_coef` to decide whether a model is MoE: a dense MiniMind
+    has both fields, and its SFT-family (and DPO) training must request no router logits and add no aux loss (the
+    MoE run shows what the test would see otherwise)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    from minimind_hf.chat_templates import use_training_chat_template
+    from minimind_hf.tokenization import load_tokenizer
+    from minimind_hf.trainers import (
+        LogitDistillationConfig,
+        LogitDistillationTrainer,
+        ReasoningSFTConfig,
+        ReasoningSFTTrainer,
+    )
+    from tests.utils import tiny_model
+
+    moe = stage == "sft-moe"
+    model = tiny_model("moe_shared" if moe else "dense").train()
+    answer = "<think>\n1 + 1 = 2.\n</think>\n<answer>\n2\n</answer>"
+    dataset = Dataset.from_list(
+        [
+            {"messages": [{"role": "user", "content": f"{i} + 1?"}, {"role": "assistant", "content": answer}]}
+            for i in range(4)
+        ]
+    )
+    kwargs = {
+        "model": model,
+        "train_dataset": dataset,
+        "processing_class": use_training_chat_template(load_tokenizer()),
+    }
+    common = {"output_dir": str(tmp_path), "assistant_only_loss": True, **FAST_TRAINING}
+    if stage == "dpo":
+        pairs = [
+            {
+                "prompt": row["messages"][:1],
+                "chosen": row["messages"][1:],
+                "rejected": [{**row["messages"][1], "content": "3"}],
+            }
+            for row in dataset
+        ]
+        kwargs |= {"train_dataset": Dataset.from_list(pairs), "processing_class": load_tokenizer()}
+        kwargs["ref_model"] = tiny_model("dense")
+        trainer = DPOTrainer(args=DPOConfig(**{**FAST_TRAINING, "output_dir": str(tmp_path)}), **kwargs)
+    elif stage == "reason":
+        trainer = ReasoningSFTTrainer(args=ReasoningSFTConfig(**common), **kwargs)
+    elif stage == "distill":
+        args = LogitDistillationConfig(**common)
+        trainer = LogitDistillationTrainer(teacher_model=tiny_model("dense", seed=1), args=args, **kwargs)
+    else:
+        trainer = SFTTrainer(args=SFTConfig(**common), **kwargs)
+    router_requests = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: router_requests.append(bool(kwargs.get("output_router_logits"))),
+        with_kwargs=True,
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and router_requests
+    assert trainer.aux_loss_enabled is moe and model.config.output_router_logits is moe
+    assert all(router_requests) is moe and any(router_requests) is moe
+    assert all(("aux_loss" in entry) is moe for entry in logs), logs
+    if not moe:
+        assert model.config.router_aux_loss_coef == 0.0
 
 
 @pytest.mark.parametrize(
@@ -77,6 +192,56 @@ def test_router_fields_exist_only_on_moe_configs():
 def test_inconsistent_configs_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         MiniMindConfig(**kwargs)
+
+
+def test_validate_architecture_runs_on_construction_load_and_save(tmp_path):
+    # transformers' `@strict` hook: `validate()` (called by save_pretrained) runs it after attributes changed
+    config = MiniMindConfig.from_preset("tiny-moe")
+    config.validate()
+    config.num_experts_per_tok = 5
+    with pytest.raises(StrictDataclassClassValidationError, match="num_experts_per_tok: 5 must be between 1 and"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    MiniMindConfig.from_preset("tiny-moe").save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "router_aux_loss_type": "global"}))
+    with pytest.raises(ValueError, match="router_aux_loss_type: 'global' is not one of seq, switch"):
+        MiniMindConfig.from_pretrained(tmp_path)
+
+
+def test_translate_upstream_config_renames_without_touching_its_input():
+    minimind2 = {"use_moe": True, "n_routed_experts": 4, "n_shared_experts": 1, "aux_loss_alpha": 0.1}
+    minimind2 |= {"seq_aux": True, "scoring_func": "softmax", "dropout": 0.1, "flash_attn": True, "hidden_size": 640}
+    before = dict(minimind2)
+    assert translate_upstream_config(minimind2) == {
+        "hidden_size": 640,
+        "use_qk_norm": False,
+        "attention_dropout": 0.1,
+        "hidden_dropout": 0.1,
+        "num_experts": 4,
+        "num_shared_experts": 1,
+        "router_aux_loss_coef": 0.1,
+        "router_aux_loss_type": "seq",
+    }
+    assert minimind2 == before
+    minimind3 = {"use_moe": True, "flash_attn": True, "num_experts": 4, "num_hidden_layers": 6}
+    minimind3 |= {"router_aux_loss_coef": 5e-4, "inference_rope_scaling": True}
+    ours = translate_upstream_config(minimind3)
+    assert ours.pop("router_aux_loss_coef") == pytest.approx(5e-4 * 6)
+    assert ours == {
+        "num_experts": 4,
+        "num_hidden_layers": 6,
+        "use_qk_norm": True,
+        "router_aux_loss_type": "switch",
+        "rope_parameters": UPSTREAM_YARN_PARAMETERS,
+        "max_position_embeddings": 32768,
+    }
+    assert (
+        translate_upstream_config({"use_moe": False, "n_routed_experts": 4, "n_shared_experts": 1})["num_experts"] == 0
+    )
+    # our own names pass through, an explicit use_qk_norm wins, upstream's `type`-keyed rope_scaling yields
+    ours = {"hidden_size": 512, "use_qk_norm": False, "num_experts": 0, "rope_parameters": {"rope_type": "default"}}
+    assert translate_upstream_config({**ours, "flash_attn": True, "rope_scaling": {"type": "yarn"}}) == ours
 
 
 def test_unknown_preset_names_the_field():

@@ -87,7 +87,7 @@ def test_tokenizer_and_yarn_metadata(tmp_path):
 
 
 def test_gguf_refusals(tmp_path):
-    from conftest import tiny_model
+    from tests.utils import tiny_model
 
     with pytest.raises(ConversionError, match="norm_topk_prob=False"):
         export_gguf(tiny_model("moe_top1", norm_topk_prob=False), tmp_path / "a.gguf", tokenizer=make_tokenizer())
@@ -101,7 +101,7 @@ def test_gguf_refusals(tmp_path):
 
 
 def test_padded_vocabulary(tmp_path):
-    from conftest import tiny_model
+    from tests.utils import tiny_model
 
     model = tiny_model("dense", vocab_size=6464)
     fields, _ = _fields(export_gguf(model, tmp_path / "m.gguf", outtype="f32", tokenizer=make_tokenizer()))

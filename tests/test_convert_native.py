@@ -77,7 +77,7 @@ def test_yarn_carried_through(tmp_path):
     ],
 )
 def test_refuses_what_target_cannot_represent(variant, overrides, target, message, tmp_path):
-    from conftest import tiny_model
+    from tests.utils import tiny_model
 
     with pytest.raises(ConversionError, match=message):
         export_native(tiny_model(variant, **overrides), tmp_path / "out", target=target)
@@ -85,8 +85,9 @@ def test_refuses_what_target_cannot_represent(variant, overrides, target, messag
 
 
 def test_bad_folders_give_one_clear_error(tmp_path):
-    from conftest import tiny_model
     from safetensors.torch import load_file, save_file
+
+    from tests.utils import tiny_model
 
     src = save_folder(tiny_model("dense", vocab_size=6400), tmp_path / "src")
     weights = load_file(src / "model.safetensors")

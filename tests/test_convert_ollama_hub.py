@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from convert_support import PROMPTS, make_tokenizer, save_folder, trained
+from fake_hub import FakeHub
 from huggingface_hub import ModelCard
 
 from minimind_hf.converters.hub import export_hub
@@ -181,3 +182,22 @@ assert AutoTokenizer.from_pretrained(folder).chat_template
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_to_hub_push_uploads_the_folder_byte_for_byte(tmp_path):
+    """`convert/to_hub.py --push --private` against a local Hub stand-in: the repository is created private and one
+    commit carries every file of the exported folder, unchanged; the printed URL is the one the Hub answered."""
+    src = save_folder(trained("dense"), tmp_path / "src")
+    out = tmp_path / "hub"
+    argv = [sys.executable, os.path.join(REPO, "convert", "to_hub.py"), "--model", str(src), "--out", str(out)]
+    argv += ["--repo_id", "someone/minimind-tiny", "--push", "--private"]
+    with FakeHub() as hub:
+        proc = subprocess.run(argv, env={**os.environ, **hub.env}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not hub.errors, hub.errors
+    repo = hub.repos["someone/minimind-tiny"]
+    assert repo["private"] and repo["commits"] == ["Upload MiniMind model"]
+    local = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "config.json", "README.md", "modeling_minimind.py"} <= set(local)
+    assert repo["files"] == local
+    assert f"pushed to {hub.endpoint}/someone/minimind-tiny" in proc.stdout

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
 from convert_support import PROMPTS, make_tokenizer, max_logit_diff
 from transformers import AutoModelForCausalLM
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.converters import ConversionError
 from minimind_hf.converters.upstream import convert_upstream_folder, convert_upstream_pth, infer_config
+from tests.utils import tiny_config, tiny_model
 
 INFERRED_FIELDS = (
     "vocab_size",

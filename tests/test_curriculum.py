@@ -31,7 +31,8 @@ from minimind_hf.curriculum import (
 )
 from minimind_hf.curriculum.__main__ import main as cli_main
 from minimind_hf.curriculum.evaluation import final_span_match
-from minimind_hf.curriculum.generator import Splits, unknown_entities
+from minimind_hf.curriculum.facts import Splits
+from minimind_hf.curriculum.records import unknown_entities
 from minimind_hf.curriculum.templates import EVASIVE
 from minimind_hf.data import dpo_record_to_columns, validate_jsonl
 from minimind_hf.tokenization import load_tokenizer

@@ -17,11 +17,11 @@ from minimind_hf.data import (
     load_reasoning_dataset,
     load_rl_dataset,
     load_sft_dataset,
-    reasoning_tag_weights,
     strip_empty_think,
     validate_jsonl,
 )
 from minimind_hf.tokenization import load_tokenizer, train_tokenizer
+from minimind_hf.trainers import reasoning_tag_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 

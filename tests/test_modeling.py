@@ -11,7 +11,7 @@ from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_fun
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM, MiniMindForSequenceClassification
 from minimind_hf.configuration_minimind import MINIMIND3_UPSTREAM_AUX_COEF
 from minimind_hf.modeling_minimind import CACHE_ARG
-from tests.conftest import briefly_trained, pattern_tokens, tiny_config, tiny_model
+from tests.utils import briefly_trained, pattern_tokens, tiny_config, tiny_model
 
 
 def ids(seed=0, shape=(2, 24)):
@@ -277,3 +277,11 @@ def test_minimind3_moe_balance_pressure_matches_upstream():
         grads.append(leaf.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-12)
     assert grads[0].abs().max() > 0
+
+
+def test_a_dense_model_refuses_router_logits():
+    """A dense model has no router: asking it for router logits (as TRL does when its aux coefficient is non-zero)
+    is one clear error, not an IndexError deep in a trainer."""
+    model = tiny_model("dense")
+    with pytest.raises(ValueError, match="output_router_logits: this is a dense model"):
+        model(torch.tensor([[5, 6, 7]]), output_router_logits=True)

@@ -15,7 +15,7 @@ from transformers import (
     Qwen3MoeForCausalLM,
 )
 
-from tests.conftest import tiny_model
+from tests.utils import tiny_model
 
 TOL = 1e-5
 YARN = {

@@ -7,7 +7,6 @@ The effects on the embedded curriculum (identity, preferences, KL, think/answer 
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,54 +22,43 @@ from minimind_hf.data import (
     DataValidationError,
     load_reasoning_dataset,
     load_sft_dataset,
-    reasoning_tag_weights,
+    skip_thinking,
 )
-from minimind_hf.lora import LoraArguments, add_replay, count_parameters, load_lora_model, lora_config
+from minimind_hf.lora import add_replay, count_parameters, load_lora_model, lora_config
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.trainers import (
     LogitDistillationConfig,
     LogitDistillationTrainer,
     ReasoningSFTConfig,
     ReasoningSFTTrainer,
-    skip_thinking,
+    reasoning_tag_weights,
 )
-from minimind_hf.training import RecipeError, parse_recipe_args
-from tests.conftest import briefly_trained, parse_shipped_yaml, shipped_yamls, tiny_model
+from minimind_hf.training import ModelArguments, RecipeError
+from recipes import distill, dpo, lora, merge_lora, reason, sft
+from tests.objective import assert_labels_on_assistant_tokens, recording_batches
+from tests.utils import FAST, briefly_trained, parse_shipped_yaml, shipped_yamls, tiny_model, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-
-import distill  # noqa: E402
-import dpo  # noqa: E402
-import lora  # noqa: E402
-import merge_lora  # noqa: E402
-import reason  # noqa: E402
-import sft  # noqa: E402
-
 RECIPES = {"lora": lora, "dpo": dpo, "distill": distill, "reason": reason}
-RECIPE_TYPES = {name: module.ARGUMENTS for name, module in RECIPES.items()}
-FAST = ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--per_device_train_batch_size", "4"]
 STUDENT = json.dumps({"hidden_size": 64, "num_hidden_layers": 1, "head_dim": 32, "intermediate_size": 96})
 
 
 def test_every_preset_has_every_post_training_yaml():
     presets = ["tiny", "minimind2-small", "minimind2", "minimind2-moe", "minimind3", "minimind3-moe"]
-    missing = [
-        f"{p}/{s}.yaml" for p in presets for s in RECIPE_TYPES if not (ROOT / "recipes" / p / f"{s}.yaml").exists()
-    ]
+    missing = [f"{p}/{s}.yaml" for p in presets for s in RECIPES if not (ROOT / "recipes" / p / f"{s}.yaml").exists()]
     assert not missing
 
 
-@pytest.mark.parametrize("path", shipped_yamls(RECIPE_TYPES))
+@pytest.mark.parametrize("path", shipped_yamls(RECIPES))
 def test_every_shipped_yaml_parses_with_its_recipe(path):
-    raw, args = parse_shipped_yaml(path, RECIPE_TYPES[path.stem])
+    raw, args = parse_shipped_yaml(path, RECIPES[path.stem])
     training_args, model_args = args[1], args[2]
     assert training_args.output_dir == raw["output_dir"]
     assert training_args.lr_scheduler_type == "cosine_with_min_lr" and training_args.warmup_steps == 0
     assert training_args.activation_checkpointing is False
     assert raw["bf16"] is (path.parent.name != "tiny")
     if path.stem == "lora":
-        assert args[3].lora_r == 8 and "gate" not in args[3].lora_target_modules
+        assert model_args.use_peft and model_args.lora_r == 8 and "gate" not in model_args.lora_target_modules
         assert training_args.assistant_only_loss and model_args.model_name_or_path
     if path.stem == "dpo":
         assert training_args.beta == 0.1 and model_args.model_name_or_path
@@ -83,11 +71,6 @@ def test_every_shipped_yaml_parses_with_its_recipe(path):
         assert training_args.tag_weight == 10.0 and training_args.assistant_only_loss
         if path.parent.name != "tiny":
             assert training_args.learning_rate == 1e-6 and training_args.max_length == 720
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def chat(user, assistant):
@@ -145,7 +128,7 @@ def moe_base(tmp_path_factory):
 
 
 def run(stage, argv):
-    return RECIPES[stage].main(*parse_recipe_args(RECIPE_TYPES[stage], argv))
+    return RECIPES[stage].main(*RECIPES[stage].make_parser().parse_args_and_config(argv))
 
 
 def log_history(output_dir):
@@ -179,13 +162,19 @@ def lora_argv(data, base, out, *extra):
 @pytest.fixture(scope="module")
 def lora_run(data, base, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "adapter"
-    return out, run("lora", lora_argv(data, base, out))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        seen = recording_batches(monkeypatch, lora.SFTTrainer)
+        metrics = run("lora", lora_argv(data, base, out))
+    metrics["batches"] = seen
+    return out, metrics
 
 
 def test_lora_trains_only_the_adapter_and_reports_its_size(lora_run, base):
     out, metrics = lora_run
     losses = logged(out, "loss")
     assert losses[-1] < losses[0], losses
+    assert len(metrics["batches"]) == 8
+    assert_labels_on_assistant_tokens(metrics["batches"])
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["base_model_name_or_path"] == str(base)
@@ -209,7 +198,7 @@ def test_merged_folder_matches_the_adapter_and_loads_everywhere(lora_run, tmp_pa
     adapter, _ = lora_run
     merged = tmp_path / "merged"
     merge_lora.main(
-        *parse_recipe_args(merge_lora.ARGUMENTS, ["--adapter_path", str(adapter), "--output_dir", str(merged)])
+        *merge_lora.make_parser().parse_args_and_config(["--adapter_path", str(adapter), "--output_dir", str(merged)])
     )
     for name in (
         "config.json",
@@ -254,7 +243,7 @@ def test_merge_refuses_an_adapter_that_does_not_fit_the_base(lora_run, tmp_path,
 
 def test_lora_adapts_every_expert_and_never_the_router(moe_base):
     model = AutoModelForCausalLM.from_pretrained(moe_base)
-    peft_model = get_peft_model(model, lora_config(LoraArguments(), model))
+    peft_model = get_peft_model(model, lora_config(ModelArguments(use_peft=True), model))
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A." in n}
     layer = "base_model.model.model.layers.0."
     for name in ("self_attn.q_proj", "mlp.experts.3.down_proj", "mlp.shared_experts.0.gate_proj"):
@@ -263,7 +252,7 @@ def test_lora_adapts_every_expert_and_never_the_router(moe_base):
     assert not any(p.requires_grad for n, p in peft_model.named_parameters() if "mlp.gate." in n)
     for targets in (["gate"], ["q_proj", "mlp.gate"]):
         with pytest.raises(RecipeError, match=r"router.*layers\.0\.mlp\.gate"):
-            lora_config(LoraArguments(lora_target_modules=targets), model)
+            lora_config(ModelArguments(use_peft=True, lora_target_modules=targets), model)
 
 
 def test_lora_trains_on_moe(moe_base, data, tmp_path):
@@ -343,7 +332,7 @@ def test_dpo_from_a_folder_uses_a_frozen_copy_as_reference(data, base, tmp_path,
 
 def test_dpo_from_a_fresh_model_needs_no_reference_folder(data, tmp_path, recording_dpo):
     out = tmp_path / "fresh"
-    small = json.dumps({"hidden_size": 64, "num_hidden_layers": 1, "head_dim": 32, "intermediate_size": 96})
+    small = STUDENT
     argv = dpo_argv(
         data, out, "--model_name_or_path", "", "--preset", "tiny", "--config_overrides", small, "--max_steps", "2"
     )
@@ -534,7 +523,10 @@ def test_reasoning_loss_weights_exactly_the_tag_tokens(data, tmp_path):
     assert loss.item() > plain.item()
 
 
-def test_reason_recipe_trains_and_loss_falls(data, base, tmp_path):
+def test_reason_recipe_trains_and_loss_falls(data, base, tmp_path, monkeypatch):
+    """Loss falls, and every batch is labelled on the assistant's think/answer tokens only (the tag weights are
+    checked exactly by `test_reasoning_loss_weights_exactly_the_tag_tokens`)."""
+    seen = recording_batches(monkeypatch, reason.ReasoningSFTTrainer)
     out = tmp_path / "reason"
     argv = [
         "--config", str(ROOT / "recipes/tiny/reason.yaml"),
@@ -548,6 +540,8 @@ def test_reason_recipe_trains_and_loss_falls(data, base, tmp_path):
     run("reason", argv)
     losses = logged(out, "loss")
     assert losses[-1] < losses[0], losses
+    assert len(seen) == 8
+    assert_labels_on_assistant_tokens(seen)
     assert "{% generation %}" not in (out / "chat_template.jinja").read_text()
 
 
@@ -590,9 +584,9 @@ def test_sft_family_losses_carry_the_moe_balance_loss(stage, data, base, moe_bas
     if stage == "sft":
         argv = ["--config", str(ROOT / "recipes/tiny/sft.yaml"), "--model_name_or_path", str(moe_base)]
         argv += ["--dataset_files", str(ROOT / "tests/fixtures/upstream/sft.jsonl"), *common]
-        sft.main(*parse_recipe_args(sft.ARGUMENTS, argv))
+        sft.main(*sft.make_parser().parse_args_and_config(argv))
     elif stage == "distill":
-        student = json.dumps({"hidden_size": 64, "num_hidden_layers": 1, "head_dim": 32, "intermediate_size": 96})
+        student = STUDENT
         argv = distill_argv(base, out, "--preset", "tiny-moe", "--config_overrides", student, "--max_steps", "2")
         run("distill", argv)
     else:
@@ -600,3 +594,33 @@ def test_sft_family_losses_carry_the_moe_balance_loss(stage, data, base, moe_bas
         run("reason", [*argv, "--dataset_files", str(data["reasoning"]), *common])
     aux = logged(out, "aux_loss")
     assert len(aux) == 2 and all(a > 0 for a in aux), aux
+
+
+@pytest.mark.parametrize("stage", ["sft", "distill", "reason"])
+def test_use_peft_trains_an_adapter_in_every_sft_family_stage(stage, data, base, tmp_path):
+    """`--use_peft true` (TRL's `ModelConfig` flag) turns any training stage into LoRA training: only an adapter is
+    saved, and the base checkpoint's weights under it are unchanged."""
+    out = tmp_path / stage
+    lora_flags = ["--use_peft", "true", "--lora_r", "4", "--max_steps", "2", "--learning_rate", "1e-2"]
+    if stage == "distill":
+        argv = distill_argv(base, out, "--preset", "", "--model_name_or_path", str(base), *lora_flags)
+    else:
+        files = {"sft": ROOT / "tests/fixtures/upstream/sft.jsonl", "reason": data["reasoning"]}[stage]
+        argv = ["--config", str(ROOT / f"recipes/tiny/{stage}.yaml"), "--model_name_or_path", str(base)]
+        argv += ["--dataset_files", str(files), "--output_dir", str(out), *FAST, *lora_flags]
+    RECIPES.get(stage, sft).main(*RECIPES.get(stage, sft).make_parser().parse_args_and_config(argv))
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    adapted = load_lora_model(out, base)
+    assert any(t.abs().sum() > 0 for k, t in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k)
+    with adapted.disable_adapter():
+        merged_free = {
+            k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in adapted.state_dict().items()
+        }
+        for name, tensor in state_dict(base).items():
+            assert torch.equal(merged_free[name], tensor), name
+
+
+def test_lora_recipe_refuses_use_peft_false(data, base, tmp_path):
+    with pytest.raises(RecipeError, match="use_peft: the LoRA recipe trains an adapter"):
+        run("lora", lora_argv(data, base, tmp_path / "never", "--use_peft", "false"))

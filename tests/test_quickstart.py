@@ -11,15 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from minimind_hf.tokenization import load_tokenizer
+from recipes import quickstart
+from tests.utils import SMALL, briefly_trained, tiny_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-
-import quickstart  # noqa: E402
-
-from minimind_hf.tokenization import load_tokenizer  # noqa: E402
-from tests.conftest import briefly_trained, tiny_model  # noqa: E402
-
-SMALL = json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "head_dim": 32, "intermediate_size": 128})
 
 
 def shortened(tmp_path, stage, **changes):

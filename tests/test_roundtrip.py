@@ -16,7 +16,7 @@ from minimind_hf import MiniMindConfig, MiniMindForCausalLM, MiniMindForSequence
 from minimind_hf.converters import ConversionError
 from minimind_hf.converters.upstream import convert_upstream_pth
 from minimind_hf.tokenization import load_tokenizer
-from tests.conftest import tiny_model
+from tests.utils import tiny_model
 
 SEQ = torch.randint(3, 6400, (2, 11), generator=torch.Generator().manual_seed(0))
 

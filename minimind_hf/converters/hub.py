@@ -110,10 +110,11 @@ def export_hub(
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
-    """Upload a folder written by `export_hub` (needs a Hub token and network). Returns the repository URL."""
+    """Upload a folder written by `export_hub` to the Hub `HF_ENDPOINT` names (needs a token: `hf auth login` or
+    `HF_TOKEN`). Returns the repository's URL as the Hub reports it."""
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload MiniMind model")
-    return f"https://huggingface.co/{repo_id}"
+    return str(url)

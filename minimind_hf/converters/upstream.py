@@ -20,7 +20,13 @@ import torch
 from transformers import AutoTokenizer
 
 from ..chat_templates import get_chat_template
-from ..configuration_minimind import MINIMIND3_UPSTREAM_AUX_COEF, PRESETS, UPSTREAM_YARN_PARAMETERS, MiniMindConfig
+from ..configuration_minimind import (
+    MINIMIND3_UPSTREAM_AUX_COEF,
+    PRESETS,
+    UPSTREAM_YARN_PARAMETERS,
+    MiniMindConfig,
+    translate_upstream_config,
+)
 from ..modeling_minimind import MiniMindForCausalLM
 from .common import ConversionError, atomic_output, check_state_dict, load_state_dict, save_generation_config
 
@@ -30,8 +36,13 @@ LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
 # Upstream's defaults for what shapes cannot tell (MiniMind2 vs minimind-3 is told apart by QK-norm / shared experts).
 MINIMIND2_DEFAULTS = {"rms_norm_eps": 1e-5}
 MINIMIND3_DEFAULTS = {"rms_norm_eps": 1e-6}
-MINIMIND2_MOE_DEFAULTS = {"num_experts_per_tok": 2, "router_aux_loss_coef": 0.01, "router_aux_loss_type": "seq"}
-MINIMIND3_MOE_DEFAULTS = {"num_experts_per_tok": 1, "router_aux_loss_type": "switch"}
+# Upstream's MoE defaults in its own config.json names, read through `translate_upstream_config`.
+MINIMIND2_MOE_DEFAULTS = {"num_experts_per_tok": 2, "aux_loss_alpha": 0.01, "seq_aux": True}
+MINIMIND3_MOE_DEFAULTS = {
+    "use_moe": True,
+    "num_experts_per_tok": 1,
+    "router_aux_loss_coef": MINIMIND3_UPSTREAM_AUX_COEF,
+}
 DEFAULT_NUM_HEADS = 8
 
 
@@ -131,10 +142,10 @@ def infer_config(
             "moe_intermediate_size": width,
             "intermediate_size": width,
         }
-        if shared:
-            defaults |= MINIMIND2_MOE_DEFAULTS
-        else:  # upstream's coefficient weighs a loss summed over layers; ours is one loss over all of them
-            defaults |= MINIMIND3_MOE_DEFAULTS | {"router_aux_loss_coef": MINIMIND3_UPSTREAM_AUX_COEF * num_layers}
+        # As upstream configs load: minimind-3's coefficient (a loss summed over layers) is scaled to ours. The
+        # translation's `use_qk_norm` and `num_hidden_layers` are overridden by the shapes' below.
+        upstream_defaults = MINIMIND2_MOE_DEFAULTS if shared else MINIMIND3_MOE_DEFAULTS
+        defaults |= translate_upstream_config({**upstream_defaults, "num_hidden_layers": num_layers})
     else:
         inferred |= {
             "num_experts": 0,

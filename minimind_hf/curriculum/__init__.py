@@ -8,6 +8,7 @@ the scorers that later stages use to prove they worked.
 See docs/data.md for the stages, splits, sizes and scoring rules.
 """
 
+from .cache import CURRICULUM_VERSION, default_cache_dir, ensure_curriculum, write_curriculum
 from .evaluation import (
     SCORERS,
     evaluate,
@@ -19,15 +20,9 @@ from .evaluation import (
     preference_margins,
     score,
 )
-from .generator import (
-    CURRICULUM_VERSION,
-    STAGES,
-    default_cache_dir,
-    ensure_curriculum,
-    iter_curriculum_text,
-    write_curriculum,
-)
+from .records import STAGES
 from .rewards import REWARD_FUNCS, get_reward_funcs
+from .statistics import iter_curriculum_text
 from .tools import calculator, convert_units, execute_tool_call, make_tools, tool_schemas
 from .world import World, build_world
 

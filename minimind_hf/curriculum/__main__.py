@@ -8,7 +8,8 @@ Usage:
 import argparse
 import json
 
-from .generator import count_tokens, write_curriculum
+from .cache import write_curriculum
+from .statistics import count_tokens
 
 
 def main(argv: list[str] | None = None) -> None:

