@@ -608,7 +608,8 @@ def test_use_peft_trains_an_adapter_in_every_sft_family_stage(stage, data, base,
         files = {"sft": ROOT / "tests/fixtures/upstream/sft.jsonl", "reason": data["reasoning"]}[stage]
         argv = ["--config", str(ROOT / f"recipes/tiny/{stage}.yaml"), "--model_name_or_path", str(base)]
         argv += ["--dataset_files", str(files), "--output_dir", str(out), *FAST, *lora_flags]
-    RECIPES.get(stage, sft).main(*RECIPES.get(stage, sft).make_parser().parse_args_and_config(argv))
+    recipe = {"sft": sft, "distill": distill, "reason": reason}[stage]
+    recipe.main(*recipe.make_parser().parse_args_and_config(argv))
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
     adapted = load_lora_model(out, base)
