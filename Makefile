@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 OUT ?= outputs/quickstart
 
-.PHONY: install quickstart test test-slow test-compat test-engines engines style bench
+.PHONY: install quickstart seeds test test-slow test-compat test-engines engines style bench
 
 install:
 	$(PIP) install -q torch==2.13.0
@@ -11,6 +11,10 @@ install:
 
 quickstart: install
 	$(PYTHON) recipes/quickstart.py --output_dir $(OUT)
+
+# The quickstart on curriculum seeds 0-4, then mean / min / max of every metric (recipes/seeds.py; about 5x the quickstart).
+seeds: install
+	$(PYTHON) recipes/seeds.py --output_dir outputs/seeds
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -25,7 +25,13 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from minimind_hf.curriculum import ensure_curriculum, evaluate, load_eval_records, make_generate_fn, score
+from minimind_hf.curriculum import (
+    ensure_curriculum,
+    evaluate_with_breakdown,
+    load_eval_records,
+    make_generate_fn,
+    score,
+)
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.training import RecipeParser
 from recipes import pretrain, sft
@@ -40,6 +46,9 @@ class QuickstartArguments:
     sft_config: str = field(default=str(RECIPES / "tiny/sft.yaml"))
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's choice)."})
     curriculum_seed: int = field(default=0)
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder to pretrain with (default: the shipped tokenizer)."}
+    )
     eval_batch_size: int = field(default=64)
     samples: int = field(default=8, metadata={"help": "Sample answers printed at the end."})
 
@@ -88,18 +97,24 @@ def check_cached_decoding(model, tokenizer) -> None:
 
 
 def run_pipeline(
-    args: QuickstartArguments, out: Path, extra: list[str], records: list[dict], cloze: list[dict], say=print
+    args: QuickstartArguments,
+    out: Path,
+    extra: list[str],
+    records: list[dict],
+    cloze: list[dict],
+    say=print,
 ) -> dict:
     """Pretrain (then cloze recall of `cloze`), SFT, then greedy evaluation of `records` and the sample answers: the
     metrics of one run."""
     extra = ["--curriculum_seed", str(args.curriculum_seed), *extra]
     say("== 1/3 pretraining the tiny model on the curriculum prose")
-    metrics = {"pretrain": run_stage(pretrain, args.pretrain_config, out / "pretrain", extra)}
+    tokenizer = ["--tokenizer_name_or_path", args.tokenizer_name_or_path] if args.tokenizer_name_or_path else []
+    metrics = {"pretrain": run_stage(pretrain, args.pretrain_config, out / "pretrain", [*extra, *tokenizer])}
     pretrained = AutoModelForCausalLM.from_pretrained(out / "pretrain").eval()
     complete = make_generate_fn(
         pretrained, load_tokenizer(out / "pretrain"), batch_size=args.eval_batch_size, max_new_tokens=16
     )
-    metrics["cloze"] = evaluate(cloze, complete)
+    metrics["cloze"], metrics["cloze_breakdown"] = evaluate_with_breakdown(cloze, complete)
     say("== 2/3 supervised fine-tuning on the curriculum dialogues")
     metrics["sft"] = run_stage(
         sft, args.sft_config, out / "sft", [*extra, "--model_name_or_path", str(out / "pretrain")]
@@ -110,7 +125,7 @@ def run_pipeline(
     tokenizer = load_tokenizer(out / "sft")
     check_cached_decoding(model, tokenizer)
     generate = make_generate_fn(model, tokenizer, batch_size=args.eval_batch_size, max_new_tokens=32)
-    metrics["eval"] = evaluate(records, generate)
+    metrics["eval"], metrics["eval_breakdown"] = evaluate_with_breakdown(records, generate)
 
     picks, seen = [], set()
     for record in records:
@@ -163,6 +178,7 @@ def main(args: QuickstartArguments) -> dict:
     dry_run(args, out, records, cloze)
     print(f"   ok in {time.time() - dry_start:.0f} s", flush=True)
     metrics = run_pipeline(args, out, [], records, cloze, say=lambda line: print(line, flush=True))
+    metrics["curriculum_seed"] = args.curriculum_seed
     metrics["wall_time_s"] = round(time.time() - start, 1)
 
     tmp = out / "metrics.json.tmp"
@@ -172,7 +188,13 @@ def main(args: QuickstartArguments) -> dict:
     return metrics
 
 
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def report(metrics: dict, out: Path) -> None:
+    """Prints the stages' losses and throughput, held-out accuracy per split with its breakdown (per entity kind, per
+    kind and relation, per language, with the number of questions), and the sample answers."""
     print(f"\n{'stage':<10}{'first loss':>11}{'last loss':>11}{'tokens':>10}{'tok/s':>9}{'seconds':>9}")
     for stage in ("pretrain", "sft"):
         m = metrics[stage]
@@ -180,12 +202,16 @@ def report(metrics: dict, out: Path) -> None:
             f"{stage:<10}{m['first_loss']:>11.3f}{m['last_loss']:>11.3f}{m['tokens']:>10}"
             f"{m['tokens_per_s'] or 0:>9.0f}{m['runtime_s']:>9.1f}"
         )
-    print("\nheld-out exact match:       after pretraining (cloze)   after SFT (chat QA)")
+    print(f"\nheld-out exact match:{'':<11}after pretraining (cloze)   after SFT (chat QA)")
     for split in sorted(set(metrics["cloze"]) | set(metrics["eval"])):
-        cloze, chat = metrics["cloze"].get(split), metrics["eval"].get(split)
-        print(
-            f"  {split:<15}{'-' if cloze is None else f'{cloze:.1%}':>30}{'-' if chat is None else f'{chat:.1%}':>22}"
-        )
+        print(f"  {split:<30}{_cell(metrics['cloze'].get(split)):>15}{_cell(metrics['eval'].get(split)):>22}")
+        cloze, chat = (metrics[key].get(split, {}) for key in ("cloze_breakdown", "eval_breakdown"))
+        for group in sorted(set(cloze) | set(chat), key=lambda g: (g.startswith("lang."), g)):
+            n = (chat.get(group) or cloze.get(group))["n"]
+            print(
+                f"    {group + f' ({n})':<28}{_cell(cloze.get(group, {}).get('mean')):>15}"
+                f"{_cell(chat.get(group, {}).get('mean')):>22}"
+            )
     print("\nsamples:")
     for s in metrics["samples"]:
         mark = "ok " if s["correct"] else "MISS"

@@ -12,11 +12,13 @@ from minimind_hf.chat_templates import use_training_chat_template
 from minimind_hf.curriculum import (
     CURRICULUM_VERSION,
     STAGES,
+    breakdown,
     build_world,
     calculator,
     convert_units,
     ensure_curriculum,
     evaluate,
+    evaluate_with_breakdown,
     execute_tool_call,
     get_reward_funcs,
     load_eval_records,
@@ -229,6 +231,34 @@ def test_evaluate_with_stand_in_generate(curriculum):
     assert evaluate(records, lambda batch: ["I don't know."] * len(batch))["all"] == 0.0
     with pytest.raises(ValueError, match="completions"):
         evaluate(records, lambda batch: [])
+
+
+def test_breakdown_names_the_weak_kind_and_relation(curriculum):
+    """Every held-out question names its entity kind and relation, and the breakdown counts and averages them: a model
+    that gets exactly the people's cities wrong shows 0% there, 100% elsewhere, with the right number of questions."""
+    world, splits = build_world(0), Splits(build_world(0), 0)
+    for stage in ("sft", "pretrain"):
+        records = load_eval_records(curriculum[stage]["eval"])
+        raw = read(curriculum[stage]["eval"])
+        perfect = [o["conversations"][-1]["content"] if "conversations" in o else o["answer"] for o in raw]
+        wrong_cities = [
+            "Nowhere." if (r["kind"], r["relation"]) == ("person", "city") else p for r, p in zip(records, perfect)
+        ]
+        means, groups = evaluate_with_breakdown(records, lambda batch, answers=wrong_cities: answers[: len(batch)])
+        pretrain_only = groups["pretrain_only"]
+        people = [e for e in world.of_kind("person") if e.pretrain_only]
+        assert pretrain_only["person.city"] == {"mean": 0.0, "n": 2 * len(people)}
+        assert pretrain_only["person.job"] == {"mean": 1.0, "n": 2 * len(people)}
+        assert pretrain_only["person"]["mean"] == pytest.approx(0.75)
+        assert pretrain_only["lang.en"]["n"] == pretrain_only["lang.zh"]["n"] == len(splits.pretrain_only)
+        held = [(e.kind, a) for e, a in splits.heldout]
+        for kind, attribute in set(held):
+            assert groups["sft_entities"][f"{kind}.{attribute}"]["n"] == 2 * held.count((kind, attribute))
+        assert set(groups["arith"]) == {"arith", "arith.add", "arith.mul", "lang.en", "lang.zh"}
+        assert groups["arith"]["arith"]["mean"] == 1.0
+        wrong = sum(1 - v for v in means.values())
+        assert wrong > 0 and means == evaluate(records, lambda batch, answers=wrong_cities: answers[: len(batch)])
+    assert breakdown([{"split": "x"}, {"split": "x", "kind": "k"}], [1.0, 0.0]) == {"x": {"k": {"mean": 0.0, "n": 1}}}
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from test_roundtrip import upstream_config
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.tokenization import load_tokenizer
-from recipes import distill, dpo, lora, merge_lora, pretrain, quickstart, reason, sft, train_tokenizer
+from recipes import distill, dpo, lora, merge_lora, pretrain, quickstart, reason, seeds, sft, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,8 +153,8 @@ def check(command: str, sandbox: Path) -> str:
         extra = ONE_STEP if stage in TRAINING else []
         succeeds([sys.executable, script, *args, *extra], sandbox)
         return "ran" + (" one step" if extra else "")
-    if stage == "quickstart":
-        quickstart.make_parser().parse_args_and_config(args)
+    if stage in ("quickstart", "seeds"):  # minutes of training per run: tests/test_quickstart.py runs them
+        {"quickstart": quickstart, "seeds": seeds}[stage].make_parser().parse_args_and_config(args)
         return "parsed"
     assert stage in RECIPE_MODULES, f"no rule for {command!r}"
     config = yaml.safe_load((ROOT / args[args.index("--config") + 1]).read_text()) if "--config" in args else {}

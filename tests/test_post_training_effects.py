@@ -48,17 +48,30 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 BASE_ENV = "MINIMIND_HF_SFT_BASE"
+SEED = int(os.environ.get("MINIMIND_HF_CURRICULUM_SEED", "0"))
+REPORT_ENV = "MINIMIND_HF_EFFECTS_REPORT"
 TINY = ROOT / "recipes" / "tiny"
-QUIET = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "10"]
+QUIET = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "10", "--curriculum_seed", str(SEED)]
 
 
 def report(stage: str, **numbers) -> None:
-    print(f"\n[{stage}] " + json.dumps(numbers, ensure_ascii=False))
+    """Prints a stage's measurements; with `MINIMIND_HF_EFFECTS_REPORT` set (recipes/seeds.py sets it), also merges
+    them into that JSON file under the stage's name."""
+    print(f"\n[{stage} seed {SEED}] " + json.dumps(numbers, ensure_ascii=False))
+    path = os.environ.get(REPORT_ENV)
+    if path:
+        path = Path(path)
+        merged = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        merged[stage] = numbers
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 @pytest.fixture(scope="session")
 def curriculum():
-    return ensure_curriculum()
+    """The curriculum of `MINIMIND_HF_CURRICULUM_SEED` (default 0); every recipe below trains on the same seed."""
+    return ensure_curriculum(seed=SEED)
 
 
 @pytest.fixture(scope="session")
@@ -212,10 +225,10 @@ def test_dpo_raises_preference_accuracy_and_margin(sft_base, curriculum, tmp_pat
     assert kept_after >= kept_before - 0.05
 
 
-def heldout_kl_and_ce(student, teacher, path) -> tuple[float, float]:
+def heldout_kl_and_ce(student, teacher, path, tokenizer) -> tuple[float, float]:
     """Mean per-token KL(teacher || student) at temperature 1 and the student's cross-entropy, over the assistant
-    tokens of held-out dialogues."""
-    tokenizer = use_training_chat_template(load_tokenizer())
+    tokens of held-out dialogues (both models read `tokenizer`, the teacher's)."""
+    tokenizer = use_training_chat_template(tokenizer)
     kl_sum, ce_sum, count = 0.0, 0.0, 0
     for record in load_eval_records(path):
         messages = record["prompt"] + [{"role": "assistant", "content": record["conversations_answer"]}]
@@ -247,7 +260,10 @@ def sft_eval_dialogues(curriculum, tmp_path_factory):
 def test_distillation_pulls_the_student_towards_the_teacher(sft_base, sft_eval_dialogues, tmp_path):
     teacher = AutoModelForCausalLM.from_pretrained(sft_base).eval()
     parser = distill.make_parser()
+    tokenizer = load_tokenizer(sft_base)
     argv = ["--config", str(TINY / "distill.yaml"), "--teacher_model_name_or_path", str(sft_base), *QUIET]
+    # The student reads the teacher's tokenizer, whichever it is.
+    argv += ["--tokenizer_name_or_path", str(sft_base)]
     # One initial student (the YAML's shape) for both runs, so they differ only in the objective.
     model_args = parser.parse_args_and_config(argv)[2]
     torch.manual_seed(0)
@@ -259,12 +275,12 @@ def test_distillation_pulls_the_student_towards_the_teacher(sft_base, sft_eval_d
         runs[name] = distill.main(
             *parser.parse_args_and_config([*argv, "--alpha", alpha, "--output_dir", str(tmp_path / name)])
         )
-    kl_before, ce_before = heldout_kl_and_ce(fresh, teacher, sft_eval_dialogues)
+    kl_before, ce_before = heldout_kl_and_ce(fresh, teacher, sft_eval_dialogues, tokenizer)
     results = {}
     for name in runs:
         student = AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
-        results[name] = heldout_kl_and_ce(student, teacher, sft_eval_dialogues)
-    teacher_ce = heldout_kl_and_ce(teacher, teacher, sft_eval_dialogues)[1]
+        results[name] = heldout_kl_and_ce(student, teacher, sft_eval_dialogues, tokenizer)
+    teacher_ce = heldout_kl_and_ce(teacher, teacher, sft_eval_dialogues, tokenizer)[1]
     report(
         "distill",
         student_params=sum(p.numel() for p in fresh.parameters()),

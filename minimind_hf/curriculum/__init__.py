@@ -11,8 +11,10 @@ See docs/data.md for the stages, splits, sizes and scoring rules.
 from .cache import CURRICULUM_VERSION, default_cache_dir, ensure_curriculum, write_curriculum
 from .evaluation import (
     SCORERS,
+    breakdown,
     evaluate,
     evaluate_model,
+    evaluate_with_breakdown,
     load_eval_records,
     make_generate_fn,
     normalize,
@@ -32,6 +34,7 @@ __all__ = [
     "SCORERS",
     "STAGES",
     "World",
+    "breakdown",
     "build_world",
     "calculator",
     "convert_units",
@@ -39,6 +42,7 @@ __all__ = [
     "ensure_curriculum",
     "evaluate",
     "evaluate_model",
+    "evaluate_with_breakdown",
     "execute_tool_call",
     "get_reward_funcs",
     "iter_curriculum_text",

@@ -230,19 +230,58 @@ def make_generate_fn(
     return generate
 
 
-def evaluate(records: Iterable[dict], generate_fn: Callable[[Sequence[dict]], list[str]]) -> dict[str, float]:
-    """Generates a completion per record and returns the mean score per `split` and over all records (`"all"`)."""
-    records = list(records)
-    completions = generate_fn(records)
+def score_completions(records: Sequence[dict], completions: Sequence[str]) -> list[float]:
+    """[`score`] of each completion against its record."""
     if len(completions) != len(records):
         raise ValueError(f"generate_fn returned {len(completions)} completions for {len(records)} records")
+    return [score(record, completion) for record, completion in zip(records, completions)]
+
+
+def split_means(records: Sequence[dict], values: Sequence[float]) -> dict[str, float]:
+    """The mean of `values` per record `split` and over all records with a split (`"all"`)."""
     totals: dict[str, list[float]] = defaultdict(list)
-    for record, completion in zip(records, completions):
-        value = score(record, completion)
+    for record, value in zip(records, values):
         totals[record.get("split", "all")].append(value)
         if record.get("split") is not None:
             totals["all"].append(value)
-    return {split: sum(values) / len(values) for split, values in sorted(totals.items())}
+    return {split: sum(v) / len(v) for split, v in sorted(totals.items())}
+
+
+def breakdown(records: Sequence[dict], values: Sequence[float]) -> dict[str, dict[str, dict]]:
+    """Where a model is right and wrong: per split, the mean and count of `values` per entity kind (`person`), per
+    kind and relation (`person.city`) and per language (`lang.en`), read from the records' `kind`, `relation` and
+    `lang` keys (records without them count under their split only).
+
+    Returns `{split: {group: {"mean": float, "n": int}}}`, groups sorted.
+    """
+    totals: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for record, value in zip(records, values):
+        groups = totals[record.get("split", "all")]
+        if "kind" in record:
+            groups[record["kind"]].append(value)
+            if "relation" in record:
+                groups[f"{record['kind']}.{record['relation']}"].append(value)
+        if "lang" in record:
+            groups[f"lang.{record['lang']}"].append(value)
+    return {
+        split: {g: {"mean": sum(v) / len(v), "n": len(v)} for g, v in sorted(groups.items())}
+        for split, groups in sorted(totals.items())
+    }
+
+
+def evaluate_with_breakdown(
+    records: Iterable[dict], generate_fn: Callable[[Sequence[dict]], list[str]]
+) -> tuple[dict[str, float], dict[str, dict[str, dict]]]:
+    """[`evaluate`]'s split means and the [`breakdown`] of the same completions."""
+    records = list(records)
+    values = score_completions(records, generate_fn(records))
+    return split_means(records, values), breakdown(records, values)
+
+
+def evaluate(records: Iterable[dict], generate_fn: Callable[[Sequence[dict]], list[str]]) -> dict[str, float]:
+    """Generates a completion per record and returns the mean score per `split` and over all records (`"all"`)."""
+    records = list(records)
+    return split_means(records, score_completions(records, generate_fn(records)))
 
 
 def evaluate_model(model, tokenizer, records: str | Path | Iterable[dict], **generate_kwargs) -> dict[str, float]:

@@ -49,6 +49,10 @@ from .world import (
     person_name,
 )
 
+# Evaluation records name what they ask about: `kind` (person, city, country, invention, arith) and `relation` (the
+# attribute, or the arithmetic operation), so a score can be broken down to where a model is weak.
+ARITH_RELATIONS = {"+": "add", "×": "mul"}
+
 STAGES = ("pretrain", "sft", "dpo", "rl", "reasoning", "lora_identity", "passkey", "tools")
 
 
@@ -122,13 +126,29 @@ def pretrain_eval_records(splits: Splits) -> Iterator[dict]:
                 full = statement(entity, attribute, lang, T.CLOZE_VARIANT[lang])
                 value = entity.facts[attribute][lang]
                 prefix = full[: full.rindex(value)].rstrip()
-                yield {"text": prefix, "answer": value, "task": "cloze", "split": split, "lang": lang}
+                yield {
+                    "text": prefix,
+                    "answer": value,
+                    "task": "cloze",
+                    "split": split,
+                    "lang": lang,
+                    "kind": entity.kind,
+                    "relation": attribute,
+                }
     for op, x, y in splits.arith_heldout:
         for lang in LANGS:
             full = arith_statement(op, x, y, lang)
             value = str(_arith(op, x, y))
             prefix = full[: full.rindex(value)].rstrip()
-            yield {"text": prefix, "answer": value, "task": "cloze", "split": "arith", "lang": lang}
+            yield {
+                "text": prefix,
+                "answer": value,
+                "task": "cloze",
+                "split": "arith",
+                "lang": lang,
+                "kind": "arith",
+                "relation": ARITH_RELATIONS[op],
+            }
 
 
 def sft_records(world: World, splits: Splits, rng: random.Random) -> Iterator[dict]:
@@ -176,6 +196,8 @@ def _qa_eval(split: str, entity: Entity, attribute: str, lang: str, rng: random.
         "task": "qa",
         "split": split,
         "lang": lang,
+        "kind": entity.kind,
+        "relation": attribute,
     }
 
 
@@ -196,6 +218,8 @@ def sft_eval_records(world: World, splits: Splits, rng: random.Random) -> Iterat
                 "task": "arith",
                 "split": "arith",
                 "lang": lang,
+                "kind": "arith",
+                "relation": ARITH_RELATIONS[op],
             }
 
 
