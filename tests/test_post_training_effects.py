@@ -33,6 +33,7 @@ from minimind_hf.chat_templates import use_training_chat_template
 from minimind_hf.curriculum import (
     ensure_curriculum,
     evaluate_model,
+    evaluate_with_breakdown,
     load_eval_records,
     make_generate_fn,
     preference_accuracy,
@@ -95,8 +96,12 @@ def load(folder):
     return AutoModelForCausalLM.from_pretrained(folder).eval(), load_tokenizer(folder)
 
 
-def world_accuracy(model, tokenizer, curriculum) -> float:
-    return evaluate_model(model, tokenizer, curriculum["sft"]["eval"], batch_size=64, max_new_tokens=32)["all"]
+def world_accuracy(model, tokenizer, curriculum) -> tuple[float, dict[str, float]]:
+    """Held-out chat QA over every split, and its breakdown per split and entity kind (`pretrain_only.person`)."""
+    generate = make_generate_fn(model, tokenizer, batch_size=64, max_new_tokens=32)
+    means, groups = evaluate_with_breakdown(load_eval_records(curriculum["sft"]["eval"]), generate)
+    kinds = {f"{split}.{g}": c["mean"] for split, cells in groups.items() for g, c in cells.items() if "." not in g}
+    return means["all"], kinds
 
 
 @pytest.fixture(scope="session")
@@ -105,16 +110,16 @@ def lora_run(sft_base, curriculum, tmp_path_factory):
     model, tokenizer = load(sft_base)
     before = {
         "identity": evaluate_model(model, tokenizer, curriculum["lora_identity"]["eval"])["all"],
-        "world": world_accuracy(model, tokenizer, curriculum),
     }
+    before["world"], before["world_by_kind"] = world_accuracy(model, tokenizer, curriculum)
     out = tmp_path_factory.mktemp("lora") / "adapter"
     argv = ["--config", str(TINY / "lora.yaml"), "--model_name_or_path", str(sft_base), "--output_dir", str(out)]
     metrics = lora.main(*lora.make_parser().parse_args_and_config(argv + QUIET))
     adapted = load_lora_model(out)
     after = {
         "identity": evaluate_model(adapted, tokenizer, curriculum["lora_identity"]["eval"]),
-        "world": world_accuracy(adapted, tokenizer, curriculum),
     }
+    after["world"], after["world_by_kind"] = world_accuracy(adapted, tokenizer, curriculum)
     return out, adapted, tokenizer, metrics, before, after
 
 
@@ -140,6 +145,8 @@ def test_lora_teaches_a_new_identity(lora_run, curriculum, tmp_path):
         identity_after=after["identity"],
         world_before=before["world"],
         world_after=after["world"],
+        world_by_kind_before=before["world_by_kind"],
+        world_by_kind_after=after["world_by_kind"],
         trainable_params=metrics["trainable_params"],
         total_params=metrics["total_params"],
         merge_max_abs_logit_diff=merge_diff,
