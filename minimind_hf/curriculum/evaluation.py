@@ -280,8 +280,7 @@ def evaluate_with_breakdown(
 
 def evaluate(records: Iterable[dict], generate_fn: Callable[[Sequence[dict]], list[str]]) -> dict[str, float]:
     """Generates a completion per record and returns the mean score per `split` and over all records (`"all"`)."""
-    records = list(records)
-    return split_means(records, score_completions(records, generate_fn(records)))
+    return evaluate_with_breakdown(records, generate_fn)[0]
 
 
 def evaluate_model(model, tokenizer, records: str | Path | Iterable[dict], **generate_kwargs) -> dict[str, float]:
