@@ -233,6 +233,15 @@ def check_output_dir(training_args) -> str | None:
     return None
 
 
+def write_json(path: str | os.PathLike, data, indent: int = 2) -> Path:
+    """Writes `data` as UTF-8 JSON to a temporary name beside `path`, then renames it: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=indent), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def plot_loss_curve(log_history: list[dict], path: str | os.PathLike) -> Path | None:
     """Draw training (and eval, and MoE aux) loss against the step from `trainer.state.log_history` to a PNG."""
     import matplotlib

@@ -15,7 +15,6 @@ SFT never asked (they are only in the pretraining prose); `pretrain_only` asks a
 import contextlib
 import io
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from minimind_hf.curriculum import (
     score,
 )
 from minimind_hf.tokenization import load_tokenizer
-from minimind_hf.training import RecipeParser
+from minimind_hf.training import RecipeParser, write_json
 from recipes import pretrain, sft
 
 RECIPES = Path(__file__).resolve().parent
@@ -97,12 +96,7 @@ def check_cached_decoding(model, tokenizer) -> None:
 
 
 def run_pipeline(
-    args: QuickstartArguments,
-    out: Path,
-    extra: list[str],
-    records: list[dict],
-    cloze: list[dict],
-    say=print,
+    args: QuickstartArguments, out: Path, extra: list[str], records: list[dict], cloze: list[dict], say=print
 ) -> dict:
     """Pretrain (then cloze recall of `cloze`), SFT, then greedy evaluation of `records` and the sample answers: the
     metrics of one run."""
@@ -181,9 +175,7 @@ def main(args: QuickstartArguments) -> dict:
     metrics["curriculum_seed"] = args.curriculum_seed
     metrics["wall_time_s"] = round(time.time() - start, 1)
 
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
-    os.replace(tmp, out / "metrics.json")
+    write_json(out / "metrics.json", metrics)
     report(metrics, out)
     return metrics
 

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minimind_hf.training import RecipeParser
+from minimind_hf.training import RecipeParser, write_json
 from recipes import quickstart
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,9 +153,7 @@ def main(args: SeedsArguments) -> dict:
             flat.update(flatten(run_effects(args, seed, folder), "effects."))
         per_seed[seed] = flat
     summary = summarize(per_seed)
-    tmp = out / "seeds.json.tmp"
-    tmp.write_text(json.dumps({"seeds": args.seeds, "metrics": summary}, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "seeds.json")
+    write_json(out / "seeds.json", {"seeds": args.seeds, "metrics": summary}, indent=1)
     report(summary, args.seeds, args.breakdown)
     print(f"\nsummary: {out / 'seeds.json'}")
     return summary

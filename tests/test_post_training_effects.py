@@ -43,6 +43,7 @@ from minimind_hf.curriculum import (
 from minimind_hf.data import EMPTY_THINK
 from minimind_hf.lora import load_lora_model
 from minimind_hf.tokenization import load_tokenizer
+from minimind_hf.training import write_json
 from recipes import distill, dpo, lora, merge_lora, pretrain, reason, sft
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +62,8 @@ def report(stage: str, **numbers) -> None:
     print(f"\n[{stage} seed {SEED}] " + json.dumps(numbers, ensure_ascii=False))
     path = os.environ.get(REPORT_ENV)
     if path:
-        path = Path(path)
-        merged = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        merged[stage] = numbers
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(merged, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        merged = json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).exists() else {}
+        write_json(path, {**merged, stage: numbers}, indent=1)
 
 
 @pytest.fixture(scope="session")
