@@ -1,5 +1,5 @@
-"""The CPU quickstart: the `tiny` preset pretrained on the embedded curriculum (then cloze recall of held-out facts),
-then SFT, then greedy evaluation on held-out questions, then a few sample answers. A dry run of every step on an
+"""The CPU quickstart: the `tiny` preset pretrained on the embedded curriculum (then cloze recall of held-out facts, and
+the held-out questions asked as the corpus's Q/A pages ask them), then SFT, then greedy evaluation on held-out questions, then a few sample answers. A dry run of every step on an
 untrained model comes first, so a broken environment fails in seconds. Metrics go to `<output_dir>/metrics.json`
 and are printed.
 
@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM
 from minimind_hf.curriculum import (
     ensure_curriculum,
     evaluate_with_breakdown,
+    faq_probe_records,
     load_eval_records,
     make_generate_fn,
     score,
@@ -98,8 +99,8 @@ def check_cached_decoding(model, tokenizer) -> None:
 def run_pipeline(
     args: QuickstartArguments, out: Path, extra: list[str], records: list[dict], cloze: list[dict], say=print
 ) -> dict:
-    """Pretrain (then cloze recall of `cloze`), SFT, then greedy evaluation of `records` and the sample answers: the
-    metrics of one run."""
+    """Pretrain (then cloze recall of `cloze` and the Q/A-page probe of `records`), SFT, then greedy evaluation of
+    `records` and the sample answers: the metrics of one run."""
     extra = ["--curriculum_seed", str(args.curriculum_seed), *extra]
     say("== 1/3 pretraining the tiny model on the curriculum prose")
     tokenizer = ["--tokenizer_name_or_path", args.tokenizer_name_or_path] if args.tokenizer_name_or_path else []
@@ -109,6 +110,11 @@ def run_pipeline(
         pretrained, load_tokenizer(out / "pretrain"), batch_size=args.eval_batch_size, max_new_tokens=16
     )
     metrics["cloze"], metrics["cloze_breakdown"] = evaluate_with_breakdown(cloze, complete)
+    # the same held-out questions as chat QA, as the pretraining corpus's Q/A pages write them: what SFT starts from
+    ask = make_generate_fn(
+        pretrained, load_tokenizer(out / "pretrain"), batch_size=args.eval_batch_size, max_new_tokens=32
+    )
+    metrics["faq"], metrics["faq_breakdown"] = evaluate_with_breakdown(faq_probe_records(records), ask)
     say("== 2/3 supervised fine-tuning on the curriculum dialogues")
     metrics["sft"] = run_stage(
         sft, args.sft_config, out / "sft", [*extra, "--model_name_or_path", str(out / "pretrain")]
@@ -185,8 +191,9 @@ def _cell(value: float | None) -> str:
 
 
 def report(metrics: dict, out: Path) -> None:
-    """Prints the stages' losses and throughput, held-out accuracy per split with its breakdown (per entity kind, per
-    kind and relation, per language, with the number of questions), and the sample answers."""
+    """Prints the stages' losses and throughput, held-out accuracy per split (pretrained: cloze and Q/A page; after
+    SFT: chat QA) with its breakdown (per entity kind, per kind and relation, per language, with the number of
+    questions), and the sample answers."""
     print(f"\n{'stage':<10}{'first loss':>11}{'last loss':>11}{'tokens':>10}{'tok/s':>9}{'seconds':>9}")
     for stage in ("pretrain", "sft"):
         m = metrics[stage]
@@ -194,16 +201,16 @@ def report(metrics: dict, out: Path) -> None:
             f"{stage:<10}{m['first_loss']:>11.3f}{m['last_loss']:>11.3f}{m['tokens']:>10}"
             f"{m['tokens_per_s'] or 0:>9.0f}{m['runtime_s']:>9.1f}"
         )
-    print(f"\nheld-out exact match:{'':<11}after pretraining (cloze)   after SFT (chat QA)")
-    for split in sorted(set(metrics["cloze"]) | set(metrics["eval"])):
-        print(f"  {split:<30}{_cell(metrics['cloze'].get(split)):>15}{_cell(metrics['eval'].get(split)):>22}")
-        cloze, chat = (metrics[key].get(split, {}) for key in ("cloze_breakdown", "eval_breakdown"))
-        for group in sorted(set(cloze) | set(chat), key=lambda g: (g.startswith("lang."), g)):
-            n = (chat.get(group) or cloze.get(group))["n"]
-            print(
-                f"    {group + f' ({n})':<28}{_cell(cloze.get(group, {}).get('mean')):>15}"
-                f"{_cell(chat.get(group, {}).get('mean')):>22}"
-            )
+    columns = ("cloze", "faq", "eval")
+    print(f"\nheld-out exact match:{'':<11}{'pretrained: cloze':>19}{'Q/A page':>10}{'SFT: chat QA':>16}")
+    for split in sorted(set().union(*(metrics[c] for c in columns))):
+        cells = [_cell(metrics[c].get(split)) for c in columns]
+        print(f"  {split:<30}{cells[0]:>19}{cells[1]:>10}{cells[2]:>16}")
+        groups = [metrics[f"{c}_breakdown"].get(split, {}) for c in columns]
+        for group in sorted(set().union(*groups), key=lambda g: (g.startswith("lang."), g)):
+            n = next(g[group]["n"] for g in groups[::-1] if group in g)
+            cells = [_cell(g.get(group, {}).get("mean")) for g in groups]
+            print(f"    {group + f' ({n})':<28}{cells[0]:>19}{cells[1]:>10}{cells[2]:>16}")
     print("\nsamples:")
     for s in metrics["samples"]:
         mark = "ok " if s["correct"] else "MISS"

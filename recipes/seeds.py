@@ -34,6 +34,8 @@ HEADLINE = (
     "cloze.sft_taught",
     "cloze.sft_entities",
     "cloze.pretrain_only",
+    "faq.sft_entities",
+    "faq.pretrain_only",
     "pretrain.last_loss",
     "sft.last_loss",
     "pretrain.tokens_per_s",
@@ -136,7 +138,11 @@ def report(summary: dict[str, dict], seeds: list[int], breakdown: bool = True) -
     print("|---" * (4 + len(seeds)) + "|")
     names = [n for n in HEADLINE if n in summary]
     if breakdown:
-        names += [n for n in summary if n.startswith(("eval_breakdown.", "cloze_breakdown.")) and ".lang." not in n]
+        names += [
+            n
+            for n in summary
+            if n.startswith(("eval_breakdown.", "cloze_breakdown.", "faq_breakdown.")) and ".lang." not in n
+        ]
     names += [n for n in summary if n.startswith("effects.")]
     for name in names:
         print(_row(name, summary[name], seeds))

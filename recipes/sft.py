@@ -1,5 +1,8 @@
 """Supervised fine-tuning with TRL's SFTTrainer: loss on the assistant turns only (all of them, each through its
 `<|im_end|>`), multi-turn, tool calls and think blocks, with upstream's augmentations as seeded `dataset.map` steps.
+`replay_docs` mixes that many pretraining documents into the SFT data (loss on all their tokens, as pretraining
+trains): fine-tuning on dialogues about some entities alone makes a small model forget facts only pretraining taught,
+and answer about those entities with the names SFT repeats (see the quickstart's `pretrain_only` split).
 
     accelerate launch --config_file accelerate_configs/single_process.yaml recipes/sft.py \
         --config recipes/minimind2-small/sft.yaml
@@ -8,16 +11,20 @@
         --max_steps 5 --output_dir /tmp/sft-smoke
 """
 
+import logging
 from dataclasses import dataclass, field
 
+from datasets import concatenate_datasets
 from trl import SFTConfig, SFTTrainer
 
 from minimind_hf.chat_templates import training_chat_template
-from minimind_hf.data import add_random_system_prompt, load_sft_dataset, strip_empty_think
+from minimind_hf.curriculum import ensure_curriculum
+from minimind_hf.data import add_random_system_prompt, load_pretrain_dataset, load_sft_dataset, strip_empty_think
 from minimind_hf.lora import lora_config
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
+    RecipeError,
     RecipeParser,
     build_model,
     check_output_dir,
@@ -25,6 +32,8 @@ from minimind_hf.training import (
     finish_run,
     recipe_tokenizer,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +48,44 @@ class SFTDataArguments(DataArguments):
     )
     augmentation_seed: int = field(default=0, metadata={"help": "Seed of the augmentation maps."})
     curriculum_stage: str = field(default="sft", metadata={"help": "Curriculum stage used when no files are given."})
+    replay_docs: int = field(
+        default=0,
+        metadata={
+            "help": "Pretraining documents mixed into SFT (drawn with `augmentation_seed`), loss on every token as in "
+            "pretraining: keeps what only pretraining taught (0: none)."
+        },
+    )
+    replay_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Pretraining JSONL to replay from (default: the curriculum's pretraining training split when the "
+            "SFT data is the curriculum's; with dataset_files and no replay_files nothing is replayed)."
+        },
+    )
+
+    def replay_dataset(self, tokenizer, max_length: int | None):
+        """`replay_docs` pretraining documents, each `bos + text + eos` as the pretraining recipe trains, tokenized to
+        `input_ids` and `labels` (every token) and cut to `max_length`; None without replay."""
+        if self.replay_docs <= 0:
+            return None
+        files = self.replay_files
+        if not files and self.dataset_files:
+            logger.warning(
+                "replay_docs=%d but no replay_files for the given dataset_files: nothing is replayed", self.replay_docs
+            )
+            return None
+        files = files or [ensure_curriculum(self.curriculum_dir, seed=self.curriculum_seed)["pretrain"]["train"]]
+        docs = load_pretrain_dataset(files, bos_token=tokenizer.bos_token)
+        if self.replay_docs > len(docs):
+            raise RecipeError(f"replay_docs={self.replay_docs}, but {', '.join(map(str, files))} hold {len(docs)}")
+        docs = docs.shuffle(seed=self.augmentation_seed).select(range(self.replay_docs))
+
+        def tokenize(row):
+            ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids = ids[:max_length] if max_length else ids
+            return {"input_ids": ids, "labels": list(ids)}
+
+        return docs.map(tokenize, remove_columns=docs.column_names)
 
 
 def load_datasets(data_args: SFTDataArguments):
@@ -55,9 +102,12 @@ def make_parser() -> RecipeParser:
 
 
 def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: ModelArguments) -> dict:
+    if data_args.replay_docs > 0 and training_args.packing:
+        raise RecipeError("replay_docs mixes unpacked pretraining rows into SFT: set packing: false to replay")
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
     train_dataset, eval_dataset = load_datasets(data_args)
+    replay = data_args.replay_dataset(tokenizer, training_args.max_length)
     model = build_model(model_args, tokenizer, seed=training_args.seed)
 
     # The training template renders the same text but marks assistant spans for `assistant_only_loss`.
@@ -70,6 +120,9 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
             processing_class=tokenizer,
             peft_config=lora_config(model_args, model),
         )
+        if replay is not None:  # beside TRL's tokenized dialogues; the Trainer's sampler shuffles them together
+            chat = trainer.train_dataset.select_columns(["input_ids", "labels"])
+            trainer.train_dataset = concatenate_datasets([chat, replay.cast(chat.features)])
         trainer.train(resume_from_checkpoint=resume_from)
     return finish_run(trainer)
 

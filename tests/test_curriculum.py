@@ -20,6 +20,7 @@ from minimind_hf.curriculum import (
     evaluate,
     evaluate_with_breakdown,
     execute_tool_call,
+    faq_probe_records,
     get_reward_funcs,
     load_eval_records,
     make_generate_fn,
@@ -259,6 +260,34 @@ def test_breakdown_names_the_weak_kind_and_relation(curriculum):
         wrong = sum(1 - v for v in means.values())
         assert wrong > 0 and means == evaluate(records, lambda batch, answers=wrong_cities: answers[: len(batch)])
     assert breakdown([{"split": "x"}, {"split": "x", "kind": "k"}], [1.0, 0.0]) == {"x": {"k": {"mean": 0.0, "n": 1}}}
+
+
+def test_faq_probe_asks_the_chat_questions_as_the_pretraining_pages_do(curriculum):
+    """The probe turns every single-question chat QA record into the pretraining corpus's own Q/A page prefix (the
+    page's first question line and its answer marker, read back from the pretraining file), and scores only the
+    continuation's first line."""
+    records = load_eval_records(curriculum["sft"]["eval"])
+    probes = faq_probe_records(records)
+    assert len(probes) == sum(r["task"] == "qa" for r in records) > 0
+    assert {p["task"] for p in probes} == {"faq"} and {p["split"] for p in probes} == {"sft_entities", "pretrain_only"}
+    pages = {}
+    for doc in read(curriculum["pretrain"]["train"]):
+        first, *rest = doc["text"].split("\n")
+        if rest and first.startswith(("Q: ", "问：")):
+            pages.setdefault("en" if first.startswith("Q") else "zh", (first, rest[0]))
+    assert set(pages) == {"en", "zh"}
+    for lang, (question_line, answer_line) in pages.items():
+        question = question_line.split("：" if lang == "zh" else ": ", 1)[1]
+        (probe,) = faq_probe_records([{"task": "qa", "lang": lang, "prompt": [{"role": "user", "content": question}]}])
+        page = f"{question_line}\n{answer_line}"
+        # the page goes on from exactly where the probe stops, into the answer itself
+        assert page.startswith(probe["prompt"]) and page[len(probe["prompt"]) :].strip()[0] not in ":：", page
+    en = next(p for p in probes if p["lang"] == "en")
+    assert en["prompt"] == f"Q: {next(r for r in records if r['lang'] == 'en')['prompt'][0]['content']}\nA:"
+    answer = en["answer"]
+    assert score(en, f" It is {answer}.\nQ: What else?") == 1.0
+    assert score(en, f" I do not know.\nA: {answer}.") == 0.0
+    assert faq_probe_records([{"task": "arith", "lang": "en", "prompt": [{"role": "user", "content": "1+1?"}]}]) == []
 
 
 @pytest.fixture(scope="module")

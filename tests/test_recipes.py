@@ -172,6 +172,66 @@ def test_sft_trains_on_assistant_tokens_and_loss_falls(pretrained, small_data, t
     assert "{% generation %}" not in (out / "chat_template.jinja").read_text()
 
 
+def test_sft_replays_pretraining_documents_with_loss_on_every_token(pretrained, small_data, tmp_path, monkeypatch):
+    """With `replay_docs`, one epoch trains every dialogue once with labels on its assistant tokens only, and that
+    many pretraining documents, as pretraining writes them (`bos + text + eos`), with labels on every
+    token."""
+    seen = recording_batches(monkeypatch, sft.SFTTrainer)
+    argv = [
+        "--config", str(ROOT / "recipes/tiny/sft.yaml"),
+        "--model_name_or_path", str(pretrained[0]),
+        "--dataset_files", str(small_data["sft"]),
+        "--replay_docs", "8",
+        "--replay_files", str(small_data["pretrain"]),
+        "--output_dir", str(tmp_path / "sft"),
+        "--num_train_epochs", "1",
+        *FAST,
+    ]  # fmt: skip
+    run("sft", argv)
+    tokenizer = load_tokenizer()
+    texts = {json.loads(line)["text"] for line in open(small_data["pretrain"], encoding="utf-8")}
+    replayed, dialogues = [], []
+    for ids, labels in seen:
+        for row, row_labels in zip(ids, labels):
+            kept = [token for token, label in zip(row, row_labels) if label != -100]
+            if kept == row[: len(kept)] and all(label == -100 for label in row_labels[len(kept) :]):
+                replayed.append(tokenizer.decode(kept))
+            else:
+                dialogues.append((row, row_labels))
+    assert len(seen) == 10 and len(dialogues) == 32 and len(replayed) == 8
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    assert all(doc.startswith(bos) and doc.endswith(eos) and doc[len(bos) : -len(eos)] in texts for doc in replayed)
+    assert_labels_on_assistant_tokens([([row], [row_labels]) for row, row_labels in dialogues])
+
+
+def test_sft_replay_errors_name_the_problem_before_training(pretrained, small_data, tmp_path):
+    base = [
+        "--config", str(ROOT / "recipes/tiny/sft.yaml"),
+        "--model_name_or_path", str(pretrained[0]),
+        "--dataset_files", str(small_data["sft"]),
+        "--replay_files", str(small_data["pretrain"]),
+        "--output_dir", str(tmp_path / "sft"),
+        *FAST,
+    ]  # fmt: skip
+    with pytest.raises(RecipeError, match=r"replay_docs=33.*pretrain\.jsonl hold 32"):
+        run("sft", [*base, "--replay_docs", "33"])
+    with pytest.raises(RecipeError, match="packing: false"):
+        run("sft", [*base, "--replay_docs", "8", "--packing", "true"])
+    assert not (tmp_path / "sft").exists()
+
+
+def test_sft_replay_defaults_to_the_curriculum_prose_only_for_curriculum_dialogues(small_data, caplog):
+    tokenizer = load_tokenizer()
+    own = sft.SFTDataArguments(dataset_files=[str(small_data["sft"])], replay_docs=8)
+    assert own.replay_dataset(tokenizer, 64) is None  # another corpus's pretraining text is not ours to guess
+    assert "nothing is replayed" in caplog.text
+    replay = sft.SFTDataArguments(replay_docs=8).replay_dataset(tokenizer, 64)
+    assert len(replay) == 8
+    assert all(row["input_ids"] == row["labels"] and row["input_ids"][0] == tokenizer.bos_token_id for row in replay)
+    assert sum(row["input_ids"][-1] == tokenizer.eos_token_id for row in replay) >= 1  # the rest cut at 64 tokens
+    assert all(len(row["input_ids"]) <= 64 for row in replay)
+
+
 def test_moe_aux_loss_is_logged(small_data, tmp_path):
     out = tmp_path / "moe"
     argv = pretrain_argv(small_data, out, "--preset", "tiny-moe", "--max_steps", "3")

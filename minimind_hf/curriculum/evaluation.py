@@ -9,6 +9,8 @@ stripped from both ends; `<think>` blocks are dropped and an `<answer>` block, w
   before a number, so "-7" or "2.5" never pass for "7" or "5"); Chinese answers need no boundary (the world's
   Chinese values are never suffixes of one another). Several expected answers (`gt`) pass if any passes.
 - `cloze`, `passkey` (raw-text continuation): the continuation up to its first sentence end must equal the answer.
+- `faq` (a base model continuing a raw-text `Q: ... / A:` page, [`faq_probe_records`]): the first line of the
+  continuation is scored as a short answer.
 - `reasoning`: the `<answer>` block must exist and equal the expected answer.
 - `identity`: the completion contains the expected name or maker and none of the `forbidden` strings.
 - `tool_call`: the first `<tool_call>` holds JSON whose name equals the expected tool and whose arguments equal the
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..data import conversation_to_messages, dpo_record_to_columns
+from .templates import FAQ
 
 _EDGE_PUNCT = ".,!?;:'\"()[]{}<>。，！？；：、“”‘’（）【】《》…「」"
 _NUMBER_GLUE = set("0123456789.-,")
@@ -81,6 +84,10 @@ def score_short_answer(record: dict, completion: str) -> float:
 def score_continuation(record: dict, completion: str) -> float:
     first = _SENTENCE_END.split(completion.split("<|im_end|>")[0], maxsplit=1)[0]
     return float(normalize(first) == normalize(record["answer"]) != "")
+
+
+def score_faq(record: dict, completion: str) -> float:
+    return score_short_answer(record, completion.split("<|im_end|>")[0].split("\n")[0])
 
 
 def score_reasoning(record: dict, completion: str) -> float:
@@ -143,6 +150,7 @@ SCORERS: dict[str, Callable[[dict, str], float]] = {
     "rl": score_short_answer,
     "cloze": score_continuation,
     "passkey": score_continuation,
+    "faq": score_faq,
     "reasoning": score_reasoning,
     "identity": score_identity,
     "tool_call": score_tool_call,
@@ -178,6 +186,22 @@ def load_eval_records(path: str | Path) -> list[dict]:
             record["prompt"], record["tools"] = messages, json.loads(tools) if tools else None
             records.append(record)
     return records
+
+
+def faq_probe_records(records: Iterable[dict]) -> list[dict]:
+    """The single-question chat QA records (`task` `qa`) as the pretraining corpus's question-answer pages write them
+    (`Q: <question>\nA:`, `问：<question>\n答：`), for a base model to continue (`task` `faq`): what a pretrained
+    model can answer before SFT, in the format it was pretrained on. Set against chat QA after SFT, it tells knowledge
+    that pretraining did not make answerable from knowledge that SFT lost."""
+    probes = []
+    for record in records:
+        prompt = record.get("prompt")
+        if record.get("task") != "qa" or not isinstance(prompt, list) or len(prompt) != 1:
+            continue
+        question, reply = FAQ[record["lang"]]
+        text = f"{question}{prompt[0]['content']}\n{reply}".rstrip(" ")  # the page's space belongs to the answer
+        probes.append({**record, "prompt": text, "task": "faq"})
+    return probes
 
 
 def make_generate_fn(
