@@ -1,7 +1,7 @@
-"""The CPU quickstart: the `tiny` preset pretrained on the embedded curriculum (then cloze recall of held-out facts, and
-the held-out questions asked as the corpus's Q/A pages ask them), then SFT, then greedy evaluation on held-out questions, then a few sample answers. A dry run of every step on an
-untrained model comes first, so a broken environment fails in seconds. Metrics go to `<output_dir>/metrics.json`
-and are printed.
+"""The CPU quickstart: the `tiny` preset pretrained on the embedded curriculum (then cloze recall of held-out facts,
+and the held-out questions asked as the corpus's Q/A pages ask them), then SFT, then greedy evaluation on held-out
+questions, then a few sample answers. A dry run of every step on an untrained model comes first, so a broken
+environment fails in seconds. Metrics go to `<output_dir>/metrics.json` and are printed.
 
     make quickstart
     # which runs:
@@ -106,14 +106,11 @@ def run_pipeline(
     tokenizer = ["--tokenizer_name_or_path", args.tokenizer_name_or_path] if args.tokenizer_name_or_path else []
     metrics = {"pretrain": run_stage(pretrain, args.pretrain_config, out / "pretrain", [*extra, *tokenizer])}
     pretrained = AutoModelForCausalLM.from_pretrained(out / "pretrain").eval()
-    complete = make_generate_fn(
-        pretrained, load_tokenizer(out / "pretrain"), batch_size=args.eval_batch_size, max_new_tokens=16
-    )
+    pretrained_tokenizer = load_tokenizer(out / "pretrain")
+    complete = make_generate_fn(pretrained, pretrained_tokenizer, batch_size=args.eval_batch_size, max_new_tokens=16)
     metrics["cloze"], metrics["cloze_breakdown"] = evaluate_with_breakdown(cloze, complete)
     # the same held-out questions as chat QA, as the pretraining corpus's Q/A pages write them: what SFT starts from
-    ask = make_generate_fn(
-        pretrained, load_tokenizer(out / "pretrain"), batch_size=args.eval_batch_size, max_new_tokens=32
-    )
+    ask = make_generate_fn(pretrained, pretrained_tokenizer, batch_size=args.eval_batch_size, max_new_tokens=32)
     metrics["faq"], metrics["faq_breakdown"] = evaluate_with_breakdown(faq_probe_records(records), ask)
     say("== 2/3 supervised fine-tuning on the curriculum dialogues")
     metrics["sft"] = run_stage(

@@ -87,7 +87,7 @@ def score_continuation(record: dict, completion: str) -> float:
 
 
 def score_faq(record: dict, completion: str) -> float:
-    return score_short_answer(record, completion.split("<|im_end|>")[0].split("\n")[0])
+    return score_short_answer(record, completion.split("\n")[0])  # extract_answer stops at <|im_end|>
 
 
 def score_reasoning(record: dict, completion: str) -> float:
