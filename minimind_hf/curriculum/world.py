@@ -30,15 +30,20 @@ COLOURS = [
     ("white", "白色"), ("black", "黑色"),
 ]  # fmt: skip
 
-# Twelve heads and twelve tails, each used by exactly one invention: names that share a word ("sun clock", "sun kite")
-# blur together in a model this small, and its recall of their facts dropped to 72-81% against 100% for people.
+# Twenty-four heads and twenty-four tails, each used by exactly one invention: names that share a word ("sun clock",
+# "sun kite") blur together in a model this small, and its recall of their facts dropped to 72-81% against 100% for
+# people. No two heads or tails share a character, and none shares one with a material.
 INVENTION_HEADS = [
     ("cloud", "云"), ("echo", "回声"), ("glass", "玻璃"), ("star", "星"), ("river", "河"), ("sun", "日"),
     ("moon", "月"), ("frost", "霜"), ("thunder", "雷"), ("pearl", "珍珠"), ("snow", "雪"), ("fire", "火"),
+    ("rain", "雨"), ("dawn", "晨"), ("sky", "天"), ("sea", "海"), ("leaf", "叶"), ("rose", "玫瑰"),
+    ("tiger", "虎"), ("wolf", "狼"), ("crane", "鹤"), ("jade", "玉"), ("amber", "琥珀"), ("mist", "雾"),
 ]  # fmt: skip
 INVENTION_TAILS = [
     ("lamp", "灯"), ("wheel", "轮"), ("clock", "钟"), ("kite", "风筝"), ("compass", "罗盘"), ("bell", "铃"),
     ("drum", "鼓"), ("mirror", "镜"), ("flute", "笛"), ("boat", "船"), ("loom", "织机"), ("pump", "泵"),
+    ("cart", "车"), ("fan", "扇"), ("cup", "杯"), ("harp", "竖琴"), ("saw", "锯"), ("ladder", "梯"),
+    ("needle", "针"), ("horn", "号角"), ("mill", "磨坊"), ("bridge", "桥"), ("kettle", "壶"), ("lock", "锁"),
 ]  # fmt: skip
 MATERIALS = [
     ("wood", "木头"), ("iron", "铁"), ("copper", "铜"), ("stone", "石头"), ("silver", "银"), ("bamboo", "竹子"),
@@ -48,9 +53,9 @@ MATERIALS = [
 NUM_PEOPLE = 64
 NUM_PRETRAIN_ONLY_PEOPLE = 16
 NUM_COUNTRIES = 6
-CITIES_PER_COUNTRY = 2
-NUM_INVENTIONS = 12
-NUM_PRETRAIN_ONLY_INVENTIONS = 3
+CITIES_PER_COUNTRY = 4
+NUM_INVENTIONS = 24
+NUM_PRETRAIN_ONLY_INVENTIONS = 6
 
 PERSON_ATTRIBUTES = ("city", "job", "colour", "age")
 ATTRIBUTES = {
