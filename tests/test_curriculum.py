@@ -1,4 +1,4 @@
-"""The embedded curriculum: determinism, split integrity, readers on every file, scorers, rewards and tools."""
+"""The embedded curriculum: determinism, split integrity, readers on every file, scorers and tools."""
 
 import json
 import os
@@ -21,7 +21,6 @@ from minimind_hf.curriculum import (
     evaluate_with_breakdown,
     execute_tool_call,
     faq_probe_records,
-    get_reward_funcs,
     load_eval_records,
     make_generate_fn,
     make_tools,
@@ -361,24 +360,6 @@ def test_cli(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert Path(printed["sft"]["train"]).exists()
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["seed"] == 2
-
-
-def test_rewards():
-    correctness, fmt, tool = get_reward_funcs("correctness,reasoning_format,tool_call_format")
-    completions = [
-        "7 + 5 = 12.",
-        [{"role": "assistant", "content": "<think>\nx\n</think>\n<answer>\n12\n</answer>"}],
-        "13",
-    ]
-    assert correctness(completions, gt=[["12"], ["12"], ["12"]]) == [1.0, 1.0, 0.0]
-    assert fmt(completions) == [0.0, 1.0, 0.0]
-    assert fmt(["<think>\nx\n</think> <answer>12</answer>"]) == [0.5]
-    assert tool(['<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call>', "no"]) == [
-        1.0,
-        0.0,
-    ]
-    with pytest.raises(KeyError, match="unknown reward"):
-        get_reward_funcs(["nope"])
 
 
 def test_tools():

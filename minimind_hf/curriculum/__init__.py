@@ -24,14 +24,12 @@ from .evaluation import (
     score,
 )
 from .records import STAGES
-from .rewards import REWARD_FUNCS, get_reward_funcs
 from .statistics import iter_curriculum_text
 from .tools import calculator, convert_units, execute_tool_call, make_tools, tool_schemas
 from .world import World, build_world
 
 __all__ = [
     "CURRICULUM_VERSION",
-    "REWARD_FUNCS",
     "SCORERS",
     "STAGES",
     "World",
@@ -46,7 +44,6 @@ __all__ = [
     "evaluate_with_breakdown",
     "execute_tool_call",
     "faq_probe_records",
-    "get_reward_funcs",
     "iter_curriculum_text",
     "load_eval_records",
     "make_generate_fn",

@@ -212,22 +212,26 @@ def make_generate_fn(
     batch_size: int = 16,
     add_bos_to_text: bool = True,
     chat_template_kwargs: dict | None = None,
+    sampling: dict | None = None,
 ) -> Callable[[Sequence[dict]], list[str]]:
-    """A batched greedy `model.generate` over evaluation records.
+    """A batched `model.generate` over evaluation records, greedy unless `sampling` gives sampling settings (e.g.
+    `{"temperature": 0.8, "top_p": 1.0}`; seed torch's RNG before calling for reproducible samples).
 
-    Chat prompts go through the tokenizer's chat template with the generation prompt; raw-text prompts are encoded
-    as is, after the BOS token when `add_bos_to_text` (matching upstream's `bos + text + eos` pretraining samples).
-    Prompts are left-padded; the decoded new tokens (special tokens skipped) are returned.
+    Chat prompts go through the tokenizer's chat template with the generation prompt (a record's `tools` may be the
+    schema list or its JSON string); raw-text prompts are encoded as is, after the BOS token when `add_bos_to_text`
+    (matching upstream's `bos + text + eos` pretraining samples). Prompts are left-padded; the decoded new tokens
+    (special tokens skipped) are returned.
     """
     kwargs = chat_template_kwargs or {}
+    decoding = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
 
     def render(record: dict) -> str:
         prompt = record["prompt"]
         if isinstance(prompt, str):
             return (tokenizer.bos_token if add_bos_to_text else "") + prompt
-        return tokenizer.apply_chat_template(
-            prompt, tools=record.get("tools"), add_generation_prompt=True, tokenize=False, **kwargs
-        )
+        tools = record.get("tools")
+        tools = json.loads(tools) if isinstance(tools, str) else tools
+        return tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs)
 
     def generate(records: Sequence[dict]) -> list[str]:
         completions = []
@@ -241,7 +245,7 @@ def make_generate_fn(
                     output = model.generate(
                         **batch,
                         max_new_tokens=max_new_tokens,
-                        do_sample=False,
+                        **decoding,
                         pad_token_id=tokenizer.pad_token_id,
                         eos_token_id=tokenizer.eos_token_id,
                     )

@@ -1,0 +1,110 @@
+"""Group-relative policy optimisation (GRPO, and CISPO with `loss_type: cispo`) with TRL's GRPOTrainer, from an SFT
+checkpoint, on verifiable rewards.
+
+Rewards come from `minimind_hf.rewards` by name (`reward_funcs`, weighted by GRPOConfig's `reward_weights`), a
+dotted path to any function with TRL's reward signature, or a reward-model folder (recipes/reward.py). Every reward
+is checked against the data's columns before training. Prompts are the curriculum's RL prompts (or any JSONL in
+upstream's RL format: a conversation ending in a user turn and `gt`, the expected answers); `max_prompt_length`
+cuts long prompts from the left and `thinking_ratio` opens the thinking block on that share of prompts, as upstream
+does (TRL has neither). With `beta > 0` TRL reloads the reference policy from `model_name_or_path`. Generation runs
+through `model.generate` on CPU; `use_vllm: true` hands it to vLLM on a GPU. TRL logs reward per function, KL,
+entropy, completion length and clip ratios to `trainer_state.json`.
+
+    accelerate launch --config_file accelerate_configs/single_process.yaml recipes/grpo.py \
+        --config recipes/minimind2-small/grpo.yaml
+    # CPU run on the embedded curriculum's RL prompts, from the quickstart's SFT output:
+    python recipes/grpo.py --config recipes/tiny/grpo.yaml
+    python recipes/grpo.py --config recipes/tiny/cispo.yaml   # CISPO, upstream MiniMind's default RL loss
+"""
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig, GRPOTrainer
+
+from minimind_hf.data import load_rl_dataset
+from minimind_hf.lora import lora_config
+from minimind_hf.rewards import get_reward_funcs
+from minimind_hf.rl import check_reward_data, prepare_prompts
+from minimind_hf.training import (
+    DataArguments,
+    ModelArguments,
+    RecipeError,
+    RecipeParser,
+    build_model,
+    check_output_dir,
+    end_distributed,
+    finish_run,
+    recipe_tokenizer,
+)
+
+
+@dataclass
+class GRPODataArguments(DataArguments):
+    """RL prompts in upstream's format (a conversation ending in a user turn, `gt`) or the curriculum's, and the
+    rewards that score their completions."""
+
+    curriculum_stage: str = field(default="rl", metadata={"help": "Curriculum stage used when no files are given."})
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["exact_answer"],
+        metadata={
+            "help": "Rewards: names in minimind_hf.rewards, dotted paths (`package.module.function`) or reward-model "
+            "folders; weighted by `reward_weights`."
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Keep at most this many prompt tokens, cut from the left (upstream: 768)."}
+    )
+    thinking_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Open the thinking block on this share of prompts (upstream: 0.9); unset: the chat template's "
+            "default, or `chat_template_kwargs`."
+        },
+    )
+
+
+def make_parser() -> RecipeParser:
+    """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
+    return RecipeParser((GRPODataArguments, GRPOConfig, ModelArguments))
+
+
+def main(data_args: GRPODataArguments, training_args: GRPOConfig, model_args: ModelArguments) -> dict:
+    resume_from = check_output_dir(training_args)
+    if training_args.beta > 0 and not model_args.model_name_or_path and not model_args.use_peft:
+        raise RecipeError(
+            "beta: TRL reloads the reference policy from `model_name_or_path`; a fresh `preset` model has none "
+            "(set beta 0, or start from a saved model)"
+        )
+    tokenizer = recipe_tokenizer(model_args)
+    reward_funcs = get_reward_funcs(data_args.reward_funcs)
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(reward_funcs):
+        raise RecipeError(f"reward_weights: {len(weights)} weights for {len(reward_funcs)} reward_funcs")
+    train_files, eval_files = data_args.files(data_args.curriculum_stage)
+    prepare = {
+        "max_prompt_length": data_args.max_prompt_length,
+        "thinking_ratio": data_args.thinking_ratio,
+        "chat_template_kwargs": training_args.chat_template_kwargs,
+        "seed": training_args.seed,
+    }
+    train_dataset = prepare_prompts(load_rl_dataset(train_files), tokenizer, **prepare)
+    eval_dataset = prepare_prompts(load_rl_dataset(eval_files), tokenizer, **prepare) if eval_files else None
+    # A reward that needs a column the prompts lack or leave empty (e.g. `gt`) stops here, not at the first step.
+    check_reward_data(reward_funcs, train_dataset, train_files)
+    model = build_model(model_args, tokenizer, seed=training_args.seed)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(model_args, model),
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    return finish_run(trainer)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())
+    end_distributed()
