@@ -172,4 +172,30 @@ def reward_report(
     }
 
 
-__all__ = ["call_rewards", "check_reward_data", "prepare_prompts", "reward_report"]
+def ranking_accuracy(reward: Callable, pairs) -> dict[str, float]:
+    """The share of preference pairs whose chosen completion a reward scores strictly above the rejected one, per
+    pair kind (`split`, when the rows have it) and over all pairs (`"all"`), with the mean margin (`"margin"`).
+
+    `reward` is called as GRPO calls it (`prompts`, `completions`), so a reward-model folder is measured through the
+    same path that trains a policy on it. `pairs`: rows with `prompt`, `chosen`, `rejected` (TRL's explicit
+    preference columns, as [`minimind_hf.data.load_dpo_dataset`] gives them) and optionally `split`.
+    """
+    rows = [dict(row) for row in pairs]
+    if not rows:
+        raise ValueError("ranking_accuracy: no preference pairs")
+    prompts = [row["prompt"] for row in rows]
+    chosen = reward(prompts=prompts, completions=[row["chosen"] for row in rows])
+    rejected = reward(prompts=prompts, completions=[row["rejected"] for row in rows])
+    groups: dict[str, list[bool]] = {"all": []}
+    margins = []
+    for row, c, r in zip(rows, chosen, rejected):
+        groups["all"].append(c > r)
+        if row.get("split"):
+            groups.setdefault(row["split"], []).append(c > r)
+        margins.append(c - r)
+    result = {name: sum(wins) / len(wins) for name, wins in groups.items()}
+    result["margin"] = sum(margins) / len(margins)
+    return result
+
+
+__all__ = ["call_rewards", "check_reward_data", "prepare_prompts", "ranking_accuracy", "reward_report"]

@@ -21,12 +21,19 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, TrainingArguments, set_seed
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, TrlParser, get_quantization_config
 
 from .configuration_minimind import PRESETS, MiniMindConfig
-from .modeling_minimind import MiniMindForCausalLM
+from .modeling_minimind import MiniMindForCausalLM, MiniMindForSequenceClassification
 from .tokenization import load_tokenizer
 
 # Fields that fix a checkpoint's tensor shapes: a preset that disagrees on any of them cannot describe the checkpoint.
@@ -177,9 +184,14 @@ def check_preset_matches(preset: str, checkpoint: str) -> None:
         raise RecipeError(f"preset {preset!r} does not match checkpoint {checkpoint}: " + "; ".join(mismatched))
 
 
-def build_model(model_args: ModelArguments, tokenizer, seed: int | None = None) -> PreTrainedModel:
+def build_model(
+    model_args: ModelArguments, tokenizer, seed: int | None = None, num_labels: int | None = None
+) -> PreTrainedModel:
     """A fresh model from `preset` (+ `config_overrides`) or the checkpoint in `model_name_or_path`. `seed` seeds a
-    fresh model's initialisation (the Trainer seeds only after the model exists), so runs are reproducible."""
+    fresh model's initialisation (the Trainer seeds only after the model exists), so runs are reproducible.
+
+    With `num_labels` the model is a `MiniMindForSequenceClassification` with that many outputs (a reward model:
+    1): a causal-LM checkpoint's backbone loads into it and the `score` head starts fresh, seeded by `seed`."""
     if not model_args.preset and not model_args.model_name_or_path:
         raise RecipeError("model: set `preset` (fresh model) or `model_name_or_path` (checkpoint)")
     kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
@@ -194,7 +206,14 @@ def build_model(model_args: ModelArguments, tokenizer, seed: int | None = None) 
         quantization = get_quantization_config(model_args)  # load_in_4bit / load_in_8bit (bitsandbytes, QLoRA)
         if quantization is not None:
             kwargs["quantization_config"] = quantization
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype, **kwargs)
+        if num_labels is None:
+            model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype, **kwargs)
+        else:
+            if seed is not None:
+                set_seed(seed)  # the new `score` head's initialisation
+            model = AutoModelForSequenceClassification.from_pretrained(
+                checkpoint, dtype=dtype, num_labels=num_labels, **kwargs
+            )
     else:
         overrides = model_args.config_overrides or {}
         if isinstance(overrides, str):
@@ -204,7 +223,11 @@ def build_model(model_args: ModelArguments, tokenizer, seed: int | None = None) 
             config._attn_implementation = model_args.attn_implementation
         if seed is not None:
             set_seed(seed)
-        model = MiniMindForCausalLM(config)
+        if num_labels is None:
+            model = MiniMindForCausalLM(config)
+        else:
+            config.num_labels = num_labels
+            model = MiniMindForSequenceClassification(config)
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         raise RecipeError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has only {vocab} rows")

@@ -33,16 +33,29 @@ from test_roundtrip import upstream_config
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.tokenization import load_tokenizer
-from recipes import distill, dpo, lora, merge_lora, pretrain, quickstart, reason, seeds, sft, train_tokenizer
+from recipes import (
+    distill,
+    dpo,
+    grpo,
+    lora,
+    merge_lora,
+    pretrain,
+    quickstart,
+    reason,
+    reward,
+    seeds,
+    sft,
+    train_tokenizer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 DOCS = ["README.md", "recipes/README.md", "convert/README.md", "accelerate_configs/README.md", "docs/data.md"]
 COMMAND_START = re.compile(r"^(python3? |accelerate launch |make |bash |pytest |llama-server |cd )")
 
-RECIPES = (pretrain, sft, lora, merge_lora, dpo, distill, reason, train_tokenizer)
+RECIPES = (pretrain, sft, lora, merge_lora, dpo, distill, reward, grpo, reason, train_tokenizer)
 RECIPE_MODULES = {module.__name__.split(".")[-1]: module for module in RECIPES}
-TRAINING = {"pretrain", "sft", "lora", "dpo", "distill", "reason"}
+TRAINING = {"pretrain", "sft", "lora", "dpo", "distill", "reward", "grpo", "reason"}
 ONE_STEP = ["--max_steps", "1", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none"]
 
 NOT_HERE = {
