@@ -23,7 +23,6 @@ from trl import RewardConfig, RewardTrainer
 
 from minimind_hf.curriculum.evaluation import load_eval_records
 from minimind_hf.data import dpo_record_to_columns, load_dpo_dataset
-from minimind_hf.lora import lora_config
 from minimind_hf.rewards import reward_model
 from minimind_hf.rl import ranking_accuracy
 from minimind_hf.training import (
@@ -80,7 +79,6 @@ def main(data_args: RewardDataArguments, training_args: RewardConfig, model_args
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(model_args, model),
     )
     trainer.train(resume_from_checkpoint=resume_from)
     metrics = finish_run(trainer)
