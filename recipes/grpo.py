@@ -17,6 +17,7 @@ entropy, completion length and clip ratios to `trainer_state.json`.
     python recipes/grpo.py --config recipes/tiny/cispo.yaml   # CISPO, upstream MiniMind's default RL loss
 """
 
+import json
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig, GRPOTrainer
@@ -51,6 +52,13 @@ class GRPODataArguments(DataArguments):
             "folders; weighted by `reward_weights`."
         },
     )
+    reward_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": 'Options of the factory rewards, by name: `{"length_window": {"max_chars": 64}}` (a YAML mapping, '
+            "or a JSON string on the command line)."
+        },
+    )
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Keep at most this many prompt tokens, cut from the left (upstream: 768)."}
     )
@@ -61,6 +69,19 @@ class GRPODataArguments(DataArguments):
             "default, or `chat_template_kwargs`."
         },
     )
+
+
+def reward_functions(data_args: GRPODataArguments) -> list:
+    """The run's rewards: `reward_funcs` built with `reward_kwargs`; a bad name or option stops before training."""
+    options = data_args.reward_kwargs or {}
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as error:
+            raise RecipeError(f"reward_kwargs: not a JSON object ({error})") from None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise RecipeError(f"reward_kwargs: need a mapping of reward name to its options, got {options!r}")
+    return get_reward_funcs(data_args.reward_funcs, **options)
 
 
 def make_parser() -> RecipeParser:
@@ -76,7 +97,7 @@ def main(data_args: GRPODataArguments, training_args: GRPOConfig, model_args: Mo
             "(set beta 0, or start from a saved model)"
         )
     tokenizer = recipe_tokenizer(model_args)
-    reward_funcs = get_reward_funcs(data_args.reward_funcs)
+    reward_funcs = reward_functions(data_args)
     weights = training_args.reward_weights
     if weights is not None and len(weights) != len(reward_funcs):
         raise RecipeError(f"reward_weights: {len(weights)} weights for {len(reward_funcs)} reward_funcs")

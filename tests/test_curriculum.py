@@ -33,9 +33,9 @@ from minimind_hf.curriculum import (
 )
 from minimind_hf.curriculum.__main__ import main as cli_main
 from minimind_hf.curriculum.evaluation import final_span_match
-from minimind_hf.curriculum.facts import Splits
+from minimind_hf.curriculum.facts import Splits, question
 from minimind_hf.curriculum.records import unknown_entities
-from minimind_hf.curriculum.templates import EVASIVE
+from minimind_hf.curriculum.templates import EVASIVE, QUESTIONS
 from minimind_hf.data import dpo_record_to_columns, validate_jsonl
 from minimind_hf.tokenization import load_tokenizer
 
@@ -153,6 +153,28 @@ def test_heldout_splits_are_well_formed(curriculum):
         assert (entity.kind, attribute) in taught_attributes
         if entity.kind in ("person", "invention"):
             assert json.dumps(entity.name.en)[1:-1] in chat
+
+
+def test_rl_trains_on_sft_heldout_facts_and_evaluates_on_pretrain_only_people(curriculum):
+    """RL's training prompts ask every `sft_entities` fact, its held-out prompts every `pretrain_only` fact, each in
+    every question variant and both languages, so no held-out prompt or person is trained on."""
+    splits = Splits(build_world(0), 0)
+
+    def asked(facts):
+        return {
+            (question(entity, attribute, lang, variant), entity.facts[attribute][lang])
+            for entity, attribute in facts
+            for lang in ("en", "zh")
+            for variant in range(len(QUESTIONS[(entity.kind, attribute)][lang]))
+        }
+
+    def pairs(stage_file):
+        return [(r["conversations"][0]["content"], r["gt"][0]) for r in read(stage_file)]
+
+    train, held = pairs(curriculum["rl"]["train"]), pairs(curriculum["rl"]["eval"])
+    assert sorted(train) == sorted(asked(splits.heldout))
+    assert sorted(held) == sorted(asked(splits.pretrain_only))
+    assert {r["split"] for r in read(curriculum["rl"]["eval"])} == {"pretrain_only"}
 
 
 def test_scorers_perfect_one_wrong_zero(curriculum):

@@ -71,6 +71,8 @@ NOT_HERE = {
     "bash .ci/engines.sh": "builds the engines (tens of minutes); CI runs it",
     'pytest -m "vllm or llamacpp or go"': "the engine tests (make test-engines)",
     "pytest -m slow tests/test_post_training_effects.py -s": "the slow tier (make test-slow)",
+    "pytest -m slow tests/test_rl_effects.py -s": "the slow tier's RL part (make test-slow)",
+    "pytest -m browser": "the web chat in Chromium (.ci/run installs Debian's chromium and runs it)",
 }
 
 

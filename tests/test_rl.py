@@ -75,6 +75,30 @@ def test_unknown_reward_and_fresh_model_with_kl_stop_before_writing(saved_tiny, 
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_reward_kwargs_from_yaml_or_json_build_the_factory_rewards(tmp_path):
+    config = tmp_path / "grpo.yaml"
+    config.write_text(
+        "reward_funcs: [exact_answer, length_window]\n"
+        "reward_kwargs:\n  length_window: {min_chars: 0, max_chars: 2, falloff_chars: 2}\n"
+        "output_dir: unused\nbf16: false\n"
+    )
+    data_args = grpo.make_parser().parse_args_and_config(["--config", str(config)])[0]
+    exact, window = grpo.reward_functions(data_args)
+    assert window(completions=["ab", "abc", "abcd", ""]) == [1.0, 0.5, 0.0, 1.0]
+    argv = ["--config", str(config), "--reward_kwargs", '{"length_window": {"max_chars": 1}}']
+    data_args = grpo.make_parser().parse_args_and_config(argv)[0]
+    assert grpo.reward_functions(data_args)[1](completions=["a", "ab"]) == [1.0, 1 - 1 / 128]
+    for bad, message in (
+        ('{"length_window": {"max_char": 1}}', "reward 'length_window'.*max_char"),
+        ('{"think_format": {"x": 1}}', "options given for reward"),
+        ("{not json", "reward_kwargs: not a JSON object"),
+        ('{"length_window": 3}', "reward_kwargs: need a mapping"),
+    ):
+        argv = ["--config", str(config), "--reward_kwargs", bad]
+        with pytest.raises(ValueError, match=message):
+            grpo.reward_functions(grpo.make_parser().parse_args_and_config(argv)[0])
+
+
 def test_a_reward_needing_a_missing_column_stops_before_training(saved_tiny, tmp_path):
     rows = tmp_path / "rl.jsonl"
     rows.write_text(json.dumps({"conversations": [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": ""}]}) + "\n")  # fmt: skip

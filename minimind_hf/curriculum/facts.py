@@ -18,7 +18,6 @@ ARITH_HELDOUT_FRACTION = 0.2
 MULTI_TURN_DIALOGUES = 800
 DPO_PAIRS = {"train": 2000, "eval": 200}
 UNKNOWN_PEOPLE, UNKNOWN_INVENTIONS = 400, 24  # DPO's never-mentioned names (`unknown_entities`)
-RL_PROMPTS = {"train": 1200, "eval": 200}
 REASONING_TRACES = {"train": 2000, "eval": 200}
 TOOL_DIALOGUES = {"train": 1200, "eval": 100}
 # Passkey documents: filler sentences per document. Training documents stay inside a 256-token window; evaluation
@@ -65,9 +64,11 @@ def answer(entity: Entity, attribute: str, lang: str, variant: int) -> str:
 class Splits:
     """Which facts SFT teaches and which are held out.
 
-    - `pretrain_only`: people (and their inventions) that never appear in any SFT, DPO, RL or tool record.
+    - `pretrain_only`: people (and their inventions) that never appear in any SFT, DPO, RL or tool training record
+      (the RL stage's held-out prompts ask about them).
     - `sft_entities`: one fact per remaining entity-attribute group is held out (the attribute rotates so every
-      attribute type is still taught on other entities); the entity itself appears in SFT with its other facts.
+      attribute type is still taught on other entities); the entity itself appears in SFT with its other facts. The
+      RL stage trains on these facts, so chat QA on them measures the model before RL.
     - `sft_taught`: everything else.
     Arithmetic facts are split the same way: a fixed fraction is held out of every chat stage (`arith`).
     """

@@ -21,7 +21,6 @@ from .facts import (
     PASSKEY_TRAIN_FILLER,
     PRETRAIN_DOCS,
     REASONING_TRACES,
-    RL_PROMPTS,
     UNKNOWN_INVENTIONS,
     UNKNOWN_PEOPLE,
     Splits,
@@ -299,23 +298,29 @@ def dpo_records(world: World, splits: Splits, rng: random.Random, split: str, co
         yield record
 
 
-def _rl_item(world: World, splits: Splits, rng: random.Random, split: str) -> dict:
-    lang = rng.choice(LANGS)
-    if rng.random() < 0.5:
-        op, x, y = rng.choice(splits.arith_heldout if split == "eval" else splits.arith_taught)
-        prompt, answer, task = arith_question(op, x, y, lang, rng.randrange(3)), str(_arith(op, x, y)), "arith"
-    else:
-        entity, attribute = rng.choice(splits.heldout if split == "eval" else splits.taught)
-        prompt, answer, task = question(entity, attribute, lang, rng.randrange(3)), entity.facts[attribute][lang], "qa"
-    record = {"conversations": [_user(prompt), _assistant("")], "gt": [answer], "task": task}
-    if split == "eval":
-        record.update({"split": task, "lang": lang})
-    return record
+def rl_records(world: World, splits: Splits, rng: random.Random, split: str) -> Iterator[dict]:
+    """Prompt-only world-fact questions with their expected answers (`gt`), for RL on the exact-answer reward.
 
-
-def rl_records(world: World, splits: Splits, rng: random.Random, split: str, count: int) -> Iterator[dict]:
-    for _ in range(count):
-        yield _rl_item(world, splits, rng, split)
+    Both splits ask about facts the model read in pretraining and was never asked in SFT, so the reward has room:
+    SFT answers them less often than the pretrained model does on its question-answer pages.
+    - `train`: the facts SFT held out of the entities it talks about (`Splits.heldout`, the `sft_entities` split
+      of chat QA), in every question variant and both languages.
+    - `eval`: the facts of people that no chat stage mentions (`Splits.pretrain_only`), in every question variant
+      and both languages, never a training prompt: the reward rises here only if RL taught answering from
+      pretraining.
+    """
+    records = []
+    for entity, attribute in splits.heldout if split == "train" else splits.pretrain_only:
+        for lang in LANGS:
+            for variant in range(len(T.QUESTIONS[(entity.kind, attribute)][lang])):
+                prompt, gt = question(entity, attribute, lang, variant), entity.facts[attribute][lang]
+                record = {"conversations": [_user(prompt), _assistant("")], "gt": [gt], "task": "qa"}
+                if split == "eval":
+                    record.update({"split": "pretrain_only", "lang": lang, "kind": entity.kind, "relation": attribute})
+                records.append(record)
+    if split == "train":
+        rng.shuffle(records)
+    yield from records
 
 
 def stage_files(world: World, seed: int) -> dict[str, dict[str, Iterable[dict]]]:
@@ -340,8 +345,8 @@ def stage_files(world: World, seed: int) -> dict[str, dict[str, Iterable[dict]]]
             "eval": dpo_records(world, splits, rng("dpo-eval"), "eval", DPO_PAIRS["eval"]),
         },
         "rl": {
-            "train": rl_records(world, splits, rng("rl"), "train", RL_PROMPTS["train"]),
-            "eval": rl_records(world, splits, rng("rl-eval"), "eval", RL_PROMPTS["eval"]),
+            "train": rl_records(world, splits, rng("rl"), "train"),
+            "eval": rl_records(world, splits, rng("rl-eval"), "eval"),
         },
         "reasoning": {
             "train": reasoning_records(rng("reasoning"), "train", REASONING_TRACES["train"], seen_reasoning),
