@@ -38,3 +38,4 @@ style:
 bench: install
 	$(PYTHON) benchmarks/moe_vs_dense.py --threads 1
 	$(PYTHON) benchmarks/pretrain_throughput.py --threads 1
+	$(PYTHON) benchmarks/serve_load.py --threads 1 --clients 64

@@ -1,6 +1,8 @@
 """The pretraining throughput benchmark's core: batches count the right tokens and one step yields sane metrics.
 No timing assertions."""
 
+import argparse
+import asyncio
 import importlib.util
 import json
 import math
@@ -174,3 +176,30 @@ def test_moe_vs_dense_counts_active_parameters_and_prints_its_table():
     rows = {line.split("  ")[0].strip(): line for line in lines if line.startswith(("dense", "moe"))}
     assert set(rows) == {"dense", "moe 4x top-2 + shared", "moe 4x top-1"}
     assert rows["dense"].split()[-1] == "1.00" and rows["dense"].split()[-4] == "1.00"  # dense vs itself
+
+
+def test_serve_load_streams_every_request_and_counts_failures():
+    """The serving load benchmark end to end with tiny settings (its table: every request done, none failed), and a
+    server that cannot be reached: every request counted as an error, none hanging."""
+    for module in ("fastapi", "openai", "uvicorn"):
+        pytest.importorskip(module)
+    script = SCRIPT.parent / "serve_load.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--threads", "1", "--clients", "3", "--requests", "2", "--max-tokens", "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("device=") and "threads=1" in lines[0]
+    row = dict(zip(lines[1].strip("| ").split(" | "), lines[3].strip("| ").split(" | ")))
+    assert (row["clients"], row["requests"], row["errors"], row["torch threads"]) == ("3", "6", "0", "1")
+    assert float(row["gen tokens/s"]) > 0 and 0 < float(row["TTFT p50 s"]) <= float(row["latency p95 s"])
+
+    spec = importlib.util.spec_from_file_location("serve_load", script)
+    serve_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_load)
+    args = argparse.Namespace(clients=2, requests=2, max_tokens=4, timeout=10)
+    results, _ = asyncio.run(serve_load.run_load("http://127.0.0.1:9/v1", "tiny", args))  # nothing listens there
+    assert len(results) == 4 and all("error" in result for result in results)
