@@ -23,32 +23,17 @@ import argparse
 import asyncio
 import math
 import sys
-import threading
 import time
 from pathlib import Path
 
 import openai
 import torch
-import uvicorn
 from transformers.utils import logging as hf_logging
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.chat import load_model_and_tokenizer
-from minimind_hf.serve import create_app
+from minimind_hf.serve import create_app, serve_in_thread
 from minimind_hf.tokenization import load_tokenizer
-
-
-def start_server(app) -> tuple[uvicorn.Server, threading.Thread, str]:
-    """`app` served by uvicorn on a free loopback port in a background thread; returns the server, thread, base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.02)
-    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
 
 
 async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, args) -> dict:
@@ -127,12 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         model = MiniMindForCausalLM(MiniMindConfig.from_preset("tiny")).to(args.device).eval()
         tokenizer, name = load_tokenizer(), "tiny"
-    server, thread, base_url = start_server(create_app(model, tokenizer, name))
+    base_url, stop = serve_in_thread(create_app(model, tokenizer, name))
     try:
         results, wall = asyncio.run(run_load(base_url, name, args))
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        stop()
 
     done = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]

@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -607,6 +608,27 @@ def create_app(
         return await complete(job, request)
 
     return app
+
+
+def serve_in_thread(app, host: str = "127.0.0.1") -> tuple[str, Callable[[], None]]:
+    """Serves an ASGI `app` with uvicorn on a free port of `host` in a daemon thread (the tests, the load benchmark,
+    the web chat's `--model`); returns the base URL of its OpenAI API and a function that stops it."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the model server did not start")
+        time.sleep(0.02)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return f"http://{host}:{server.servers[0].sockets[0].getsockname()[1]}/v1", stop
 
 
 def _is_loopback(host: str) -> bool:

@@ -26,8 +26,6 @@ import datetime
 import json
 import operator
 import os
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,22 +265,6 @@ def build_ui(
     )
 
 
-def serve_in_thread(app, host: str = "127.0.0.1"):
-    """Serves an ASGI `app` with uvicorn on a free port of `host` in a daemon thread; returns (base URL of its OpenAI
-    API, the `uvicorn.Server`: set its `should_exit` to stop it)."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_config=None, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("the model server did not start")
-        time.sleep(0.02)
-    return f"http://{host}:{server.servers[0].sockets[0].getsockname()[1]}/v1", server
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m minimind_hf.webchat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -307,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         from .chat import load_model_and_tokenizer
-        from .serve import create_app
+        from .serve import create_app, serve_in_thread
 
         model, tokenizer = load_model_and_tokenizer(
             args.model, args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -6,7 +6,6 @@ frees the server."""
 import contextlib
 import json
 import logging
-import threading
 import time
 
 import pytest
@@ -42,18 +41,11 @@ WEATHER = {
 @contextlib.contextmanager
 def running(app):
     """The app served by uvicorn on a free loopback port in a background thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
+    base_url, stop = serve.serve_in_thread(app)
     try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
+        yield base_url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        stop()
 
 
 @pytest.fixture(scope="module")

@@ -183,7 +183,7 @@ def webchat_page(tmp_path_factory):
     """(openai client of the model server, URL of the web chat): a briefly trained tiny model served in-process, the
     web chat at temperature 0 pointing at it."""
     from minimind_hf.chat import load_model_and_tokenizer
-    from minimind_hf.serve import create_app
+    from minimind_hf.serve import create_app, serve_in_thread
     from minimind_hf.tokenization import load_tokenizer
     from tests.utils import briefly_trained, tiny_model
 
@@ -191,7 +191,7 @@ def webchat_page(tmp_path_factory):
     briefly_trained(tiny_model()).save_pretrained(folder)  # near-tied logits would make greedy replies flaky
     load_tokenizer().save_pretrained(folder)
     model, tokenizer = load_model_and_tokenizer(folder)
-    base_url, server = webchat.serve_in_thread(create_app(model, tokenizer, NAME))
+    base_url, stop = serve_in_thread(create_app(model, tokenizer, NAME))
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
     ui = webchat.build_ui(client, NAME, temperature=0, top_p=TOP_P, max_tokens=MAX_TOKENS)
     _, page, _ = ui.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
@@ -199,7 +199,7 @@ def webchat_page(tmp_path_factory):
         yield client, page
     finally:
         ui.close()
-        server.should_exit = True
+        stop()
 
 
 @pytest.fixture(scope="module")
