@@ -157,7 +157,8 @@ def test_reward_model_ranks_heldout_pairs(reward_model_run):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the tiny reward model prefers other answers than the right one (wrong_fact pairs 61%): from the seed-0 "
+    reason="the tiny reward model prefers other answers than the right one (5 epochs: wrong_fact pairs 61%): from the "
+    "seed-0 "
     "quickstart SFT, weight 0.3 raises its score -2.14 -> -1.94 while the exact answer falls 73.1% -> 63.6% sampled; "
     "weight 0.1 keeps the exact answer (76.7%) but not the score (-2.20); weight 1: -1.50, exact 33.7%",
 )
