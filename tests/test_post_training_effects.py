@@ -45,12 +45,12 @@ from minimind_hf.data import EMPTY_THINK
 from minimind_hf.lora import load_lora_model
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.training import write_json
-from recipes import distill, dpo, lora, merge_lora, pretrain, reason, sft
+from recipes import distill, dpo, lora, merge_lora, reason
+from tests.utils import build_sft_base
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-BASE_ENV = "MINIMIND_HF_SFT_BASE"
 SEED = int(os.environ.get("MINIMIND_HF_CURRICULUM_SEED", "0"))
 REPORT_ENV = "MINIMIND_HF_EFFECTS_REPORT"
 TINY = ROOT / "recipes" / "tiny"
@@ -75,19 +75,7 @@ def curriculum():
 
 @pytest.fixture(scope="session")
 def sft_base(tmp_path_factory):
-    given = os.environ.get(BASE_ENV)
-    if given:
-        if not (Path(given) / "config.json").is_file():
-            pytest.fail(f"{BASE_ENV}={given} is not a model folder")
-        return Path(given)
-    root = tmp_path_factory.mktemp("base")
-    for module, name, extra in (
-        (pretrain, "pretrain", []),
-        (sft, "sft", ["--model_name_or_path", str(root / "pretrain"), "--replay_docs", "0"]),
-    ):
-        argv = ["--config", str(TINY / f"{name}.yaml"), "--output_dir", str(root / name), *extra, *QUIET]
-        module.main(*module.make_parser().parse_args_and_config(argv))
-    return root / "sft"
+    return build_sft_base(tmp_path_factory, QUIET, "--replay_docs", "0")
 
 
 def load(folder):

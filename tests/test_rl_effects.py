@@ -37,13 +37,13 @@ from minimind_hf.data import load_rl_dataset
 from minimind_hf.rewards import get_reward_funcs
 from minimind_hf.rl import reward_report
 from minimind_hf.tokenization import load_tokenizer
-from recipes import grpo, pretrain, reward, sft
+from recipes import grpo, reward
+from tests.utils import build_sft_base
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny"
 pytestmark = pytest.mark.slow
 
-BASE_ENV = "MINIMIND_HF_SFT_BASE"
 SEED = int(os.environ.get("MINIMIND_HF_CURRICULUM_SEED", "0"))
 QUIET = ["--report_to", "none", "--save_strategy", "no", "--curriculum_seed", str(SEED)]
 # k3 KL to the SFT start, per token, at the last logged step (upstream MiniMind's GRPO runs end near 0.05-0.3).
@@ -58,19 +58,7 @@ def report(stage: str, **numbers) -> None:
 
 @pytest.fixture(scope="session")
 def sft_base(tmp_path_factory):
-    given = os.environ.get(BASE_ENV)
-    if given:
-        if not (Path(given) / "config.json").is_file():
-            pytest.fail(f"{BASE_ENV}={given} is not a model folder")
-        return Path(given)
-    root = tmp_path_factory.mktemp("rl-base")
-    for module, name, extra in (
-        (pretrain, "pretrain", []),
-        (sft, "sft", ["--model_name_or_path", str(root / "pretrain")]),
-    ):
-        argv = ["--config", str(TINY / f"{name}.yaml"), "--output_dir", str(root / name), *extra, *QUIET]
-        module.main(*module.make_parser().parse_args_and_config(argv))
-    return root / "sft"
+    return build_sft_base(tmp_path_factory, QUIET)
 
 
 @pytest.fixture(scope="session")

@@ -90,3 +90,27 @@ def parse_shipped_yaml(path, recipe):
 def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def build_sft_base(tmp_path_factory, quiet: list[str], *sft_args: str) -> Path:
+    """The SFT model the slow effect tests start from: the folder `MINIMIND_HF_SFT_BASE` names, or the quickstart's
+    `tiny` pretrain and SFT recipes run into a fresh temporary folder (`quiet`: both recipes' extra flags, `sft_args`:
+    SFT's own)."""
+    import os
+
+    from recipes import pretrain, sft
+
+    given = os.environ.get("MINIMIND_HF_SFT_BASE")
+    if given:
+        if not (Path(given) / "config.json").is_file():
+            pytest.fail(f"MINIMIND_HF_SFT_BASE={given} is not a model folder")
+        return Path(given)
+    root = tmp_path_factory.mktemp("sft-base")
+    tiny = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+    for module, name, extra in (
+        (pretrain, "pretrain", []),
+        (sft, "sft", ["--model_name_or_path", str(root / "pretrain"), *sft_args]),
+    ):
+        argv = ["--config", str(tiny / f"{name}.yaml"), "--output_dir", str(root / name), *extra, *quiet]
+        module.main(*module.make_parser().parse_args_and_config(argv))
+    return root / "sft"
