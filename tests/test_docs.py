@@ -61,10 +61,12 @@ ONE_STEP = ["--max_steps", "1", "--logging_steps", "1", "--save_strategy", "no",
 NOT_HERE = {
     "make quickstart": "the quickstart itself (tests/test_quickstart.py runs it; `make -n` would hide nothing)",
     "make test": "the test suite itself",
-    "python -m vllm.entrypoints.openai.api_server --model out/minimind2-small-llama": "vLLM lives in its own venv "
+    "python -m vllm.entrypoints.openai.api_server --model out/minimind2-small-llama"
+    " --enable-auto-tool-choice --tool-call-parser hermes --reasoning-parser qwen3": "vLLM lives in its own venv "
     "(.ci/engines.sh); tests/test_serving.py serves through it",
-    "python -m vllm.entrypoints.openai.api_server --model out/minimind2-moe": "as above",
-    "llama-server -m out/minimind2-small-f16.gguf --jinja": "built by .ci/engines.sh; tests/test_serving.py runs it",
+    "python -m vllm.entrypoints.openai.api_server --model out/minimind2-moe"
+    " --enable-auto-tool-choice --tool-call-parser hermes --reasoning-parser qwen3": "as above",
+    "llama-server -m out/minimind2-small-f16.gguf --jinja --reasoning-format deepseek": "built by .ci/engines.sh; tests/test_serving.py runs it",
     "cd out/minimind2-small-ollama && ollama create minimind2-small -f Modelfile && ollama run minimind2-small": (
         "ollama cannot be installed here; tests/test_convert_ollama_hub.py renders its template with Go"
     ),
