@@ -148,7 +148,9 @@ def test_reward_model_ranks_heldout_pairs(reward_model_run):
     reason="the tiny reward model prefers other answers than the right one (5 epochs: wrong_fact pairs 61%): from the "
     "seed-0 "
     "quickstart SFT, weight 0.3 raises its score -2.14 -> -1.94 while the exact answer falls 73.1% -> 63.6% sampled; "
-    "weight 0.1 keeps the exact answer (76.7%) but not the score (-2.20); weight 1: -1.50, exact 33.7%",
+    "weight 0.1 keeps the exact answer (76.7%) but not the score (-2.20); weight 1: -1.50, exact 33.7%. On wrong-fact "
+    "pairs about the held-out prompts' facts it ranks 53.9% right (chance), also when trained on wrong-fact pairs of "
+    "the RL training facts: its held-out score can only rise through style",
 )
 def test_grpo_on_the_reward_model_raises_its_score(reward_model_run, sft_base, heldout, temperature, tmp_path):
     folder, _ = reward_model_run
