@@ -65,7 +65,7 @@ print(", ".join(f"{n} {md.version(n)}" for n in names))') (installed in $(($(dat
         above=$(above_bounds "$venv/bin/python")
         echo "compat[latest]: ${above:-every fast mover's newest release is within setup.cfg's upper bounds}"
     fi
-    if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider; then
+    if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4; then
         echo "compat[$leg]: default suite FAILED after $(($(date +%s) - start)) s${above:+ (with $above)}"
         return 1
     fi

@@ -1,6 +1,9 @@
 """Fixtures shared by the test modules (helpers live in `tests/utils.py`)."""
 
+import os
+
 import pytest
+import torch
 
 from tests.utils import VARIANTS
 
@@ -11,6 +14,13 @@ def variant(request):
 
 
 def pytest_configure(config):
+    # Under pytest-xdist (`make test`: one worker per core), each worker and the processes its tests start get their
+    # share of the cores: two workers with torch's default of one thread per core would each oversubscribe them.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = threads
+        torch.set_num_threads(int(threads))
     # The marks transformers' common model tests carry (tests/test_transformers_common.py); known, so they do not warn.
     for mark in (
         "accelerate_tests",
