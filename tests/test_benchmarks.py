@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.tokenization import load_tokenizer
-from tests.utils import tiny_config
+from tests.utils import SMALL, tiny_config, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "pretrain_throughput.py"
 MAX_LENGTH, BATCH_SIZE = 64, 2
@@ -203,3 +203,40 @@ def test_serve_load_streams_every_request_and_counts_failures():
     args = argparse.Namespace(clients=2, requests=2, max_tokens=4, timeout=10)
     results, _ = asyncio.run(serve_load.run_load("http://127.0.0.1:9/v1", "tiny", args))  # nothing listens there
     assert len(results) == 4 and all("error" in result for result in results)
+
+
+def test_train_levers_runs_the_recipe_per_lever_and_prints_its_table(tmp_path):
+    """The recipe-levers benchmark end to end with tiny settings (the test shape, rows of 64 tokens, batch 4, two
+    steps after one warm-up step; baseline and unfused AdamW, each in its own process): one table row per lever, sane
+    numbers, the baseline its own reference, and the same final loss from both (same seed, same batches)."""
+    data = write_jsonl(
+        tmp_path / "pretrain.jsonl", [{"text": f"Doc {i}: " + "小明喜欢红色。" * (1 + i % 5)} for i in range(48)]
+    )
+    results = tmp_path / "levers.json"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "train_levers.py"), "--threads", "1", "--steps", "2", "--warmup", "1"]
+        + ["--levers", "baseline", "adamw_torch", "--json", str(results), "--"]
+        + ["--dataset_files", str(data), "--config_overrides", SMALL, "--max_length", "64"]
+        + ["--per_device_train_batch_size", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("device=cpu") and "threads=1" in lines[0] and "steps=2 warmup=1" in lines[0]
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("baseline", "adamw_torch"))}
+    assert set(rows) == {"baseline", "adamw_torch"}
+    assert rows["baseline"][1:3] == ["1", "2"] and rows["baseline"][5] == "1.00"  # threads, steps, x base
+    measured = {row["lever"]: row for row in json.loads(results.read_text())["rows"]}
+    assert set(measured) == {"baseline", "adamw_torch"}
+    for name, row in measured.items():
+        assert row["threads"] == 1 and row["steps"] == 2, name
+        assert math.isfinite(row["tokens_per_s"]) and row["tokens_per_s"] > 0 and row["s_per_step"] > 0
+        assert 0 < row["real_tokens"] <= row["steps"] * 4 * 64  # two steps of at most 4 rows of 64 tokens
+        assert math.isfinite(row["loss"]) and row["loss"] > 0 and row["peak_bytes"] > 0
+    assert measured["baseline"]["ratio"] == 1.0
+    assert measured["adamw_torch"]["real_tokens"] == measured["baseline"]["real_tokens"]  # the same batches
+    # Fused and foreach AdamW compute the same update: after the same three steps the losses agree.
+    assert measured["baseline"]["resolved"]["optim"] != measured["adamw_torch"]["resolved"]["optim"] == "adamw_torch"
+    assert measured["adamw_torch"]["loss"] == pytest.approx(measured["baseline"]["loss"], rel=1e-3)
