@@ -6,7 +6,8 @@ command. Each is run, in document order, in a sandbox folder (the repository's `
 output finds it. What runs how:
 
 - tiny-preset recipes, converters, the curriculum CLI and the Python snippets run for real (recipes with
-  `--max_steps 1`);
+  `--max_steps 1`), each in a child forked from a process that imported the libraries once (`tests/forkrun.py`:
+  what `python` would do, minus 4-5 s of imports per command);
 - recipes on GPU presets are parsed by their own argument parser (as `accelerate launch` would start them, with the
   documented `--bf16 false` on a CPU), and so is the quickstart (`make quickstart` runs it for real elsewhere);
 - `make` targets are checked with `make -n`;
@@ -29,6 +30,7 @@ import pytest
 import torch
 import yaml
 from fake_hub import FakeHub
+from forkrun import Forkrun
 from test_roundtrip import upstream_config
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
@@ -140,10 +142,19 @@ def script_and_args(command: str) -> tuple[str, list[str]]:
     return words[1], words[2:]
 
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+# The test's Forkrun (tests/forkrun.py): Python commands in the documents' environment start from a process that has
+# imported the libraries already, instead of paying 4-5 s of imports each.
+FORKRUN: list[Forkrun] = []
+
+
 def succeeds(argv: list, cwd: Path, **env_extra) -> None:
     """Run a command offline with stdin closed (the chat CLI then reads no turns and exits); it must exit 0."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env_extra}
-    run = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if argv[0] == sys.executable and not env_extra and FORKRUN:
+        run = FORKRUN[0](argv[1:], cwd)
+    else:
+        env = {**ENV, **env_extra}
+        run = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stderr[-3000:]
 
 
@@ -193,15 +204,21 @@ def test_every_documented_command_works_as_written(tmp_path):
     assert not [entry for entry in NOT_HERE if entry not in texts], "NOT_HERE lists commands no document has"
     write_fixtures(tmp_path)
     failures, report = [], []
-    for doc, command in commands:
-        if command in NOT_HERE or re.search(r"<\w+>", command):  # placeholders: a usage synopsis, not a command
-            continue
-        start = time.time()
+    (tmp_path / ".logs").mkdir()
+    with Forkrun(ENV, tmp_path / ".logs") as forkrun:
+        FORKRUN.append(forkrun)
         try:
-            done = check(command, tmp_path)
-            report.append(f"{doc}: {done} ({time.time() - start:.1f} s): {command[:90]}")
-        except (AssertionError, SystemExit, Exception) as error:  # collect them all, then fail once
-            failures.append(f"{doc}: {command}\n    {type(error).__name__}: {str(error)[-1500:]}")
+            for doc, command in commands:
+                if command in NOT_HERE or re.search(r"<\w+>", command):  # placeholders: a usage synopsis
+                    continue
+                start = time.time()
+                try:
+                    done = check(command, tmp_path)
+                    report.append(f"{doc}: {done} ({time.time() - start:.1f} s): {command[:90]}")
+                except (AssertionError, SystemExit, Exception) as error:  # collect them all, then fail once
+                    failures.append(f"{doc}: {command}\n    {type(error).__name__}: {str(error)[-1500:]}")
+        finally:
+            FORKRUN.clear()
     print("\n".join(report))
     assert not failures, "\n".join(failures)
 
