@@ -131,12 +131,17 @@ class RecipeError(ValueError):
 class RecipeParser(TrlParser):
     """TRL's parser (defaults < YAML `--config` < command line) that first checks the config file: a missing or
     malformed file, or a key no argument dataclass knows, stops with one error naming the file (TRL's own checks do
-    not). Parsed `TrainingArguments` stop pinning DataLoader memory where there is no accelerator (torch only warns)."""
+    not). Parsed `TrainingArguments` stop pinning DataLoader memory where there is no accelerator (torch only warns),
+    and `bf16` asked for where there is no accelerator trains on the CPU in bf16 autocast (transformers would stop
+    with "Your setup doesn't support bf16/gpu" unless `use_cpu` is also set)."""
 
     def parse_args_and_config(self, args: list[str] | None = None, **kwargs):
         argv = sys.argv[1:] if args is None else list(args)
+        config = {}
         if "--config" in argv[:-1]:
-            self._check_config(Path(argv[argv.index("--config") + 1]))
+            config = self._check_config(Path(argv[argv.index("--config") + 1]))
+        if self._bf16_on_cpu(argv, config):
+            argv += ["--use_cpu", "true"]
         parsed = super().parse_args_and_config(args=argv, **kwargs)
         for item in parsed:
             if (
@@ -147,7 +152,29 @@ class RecipeParser(TrlParser):
                 item.dataloader_pin_memory = False
         return parsed
 
-    def _check_config(self, config_path: Path) -> None:
+    def _bf16_on_cpu(self, argv: list[str], config: dict) -> bool:
+        """Whether training will be in bf16 (command line over YAML over the default, which TRL's configs resolve to
+        `not fp16`), `use_cpu` is not set, and there is no accelerator."""
+        if torch.accelerator.is_available() or "--use_cpu" in argv or "use_cpu" in config:
+            return False
+        fields = {f.name: f for t in self.dataclass_types for f in dataclasses.fields(t)}
+        if "use_cpu" not in fields or "bf16" not in fields:
+            return False
+
+        def flag(name: str):
+            value = config.get(name, fields[name].default if name in fields else None)
+            for i, word in enumerate(argv):
+                if word == f"--{name}":
+                    following = argv[i + 1] if i + 1 < len(argv) else ""
+                    value = following.lower() in ("true", "1", "yes") or following.startswith("--") or not following
+                elif word.startswith(f"--{name}="):
+                    value = word.split("=", 1)[1].lower() in ("true", "1", "yes")
+            return value
+
+        bf16 = flag("bf16")
+        return bool(not flag("fp16") if bf16 is None else bf16)
+
+    def _check_config(self, config_path: Path) -> dict:
         if not config_path.is_file():
             raise RecipeError(f"{config_path}: config file not found")
         try:
@@ -160,6 +187,7 @@ class RecipeParser(TrlParser):
         unknown = sorted(set(config) - known)
         if unknown:
             raise RecipeError(f"{config_path}: unknown key(s) {', '.join(unknown)}")
+        return config
 
 
 def recipe_tokenizer(model_args: ModelArguments):

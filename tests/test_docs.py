@@ -8,8 +8,8 @@ output finds it. What runs how:
 - tiny-preset recipes, converters, the curriculum CLI and the Python snippets run for real (recipes with
   `--max_steps 1`), each in a child forked from a process that imported the libraries once (`tests/forkrun.py`:
   what `python` would do, minus 4-5 s of imports per command);
-- recipes on GPU presets are parsed by their own argument parser (as `accelerate launch` would start them, with the
-  documented `--bf16 false` on a CPU), and so is the quickstart (`make quickstart` runs it for real elsewhere);
+- recipes on GPU presets are parsed by their own argument parser (as `accelerate launch` would start them; without a
+  GPU their bf16 becomes CPU autocast), and so is the quickstart (`make quickstart` runs it for real elsewhere);
 - `make` targets are checked with `make -n`;
 - `--push` uploads to a local Hub stand-in (`fake_hub.FakeHub`), which must receive the folder;
 - commands that need what this machine cannot have (a GPU engine, ollama) are listed in `NOT_HERE`
@@ -185,9 +185,6 @@ def check(command: str, sandbox: Path) -> str:
         {"quickstart": quickstart, "seeds": seeds}[stage].make_parser().parse_args_and_config(args)
         return "parsed"
     assert stage in RECIPE_MODULES, f"no rule for {command!r}"
-    config = yaml.safe_load((ROOT / args[args.index("--config") + 1]).read_text()) if "--config" in args else {}
-    if config.get("bf16") and not torch.cuda.is_available():
-        args = [*args, "--bf16", "false"]  # as the README says for a CPU
     cwd = os.getcwd()
     os.chdir(ROOT)  # the documents' relative paths are from the repository root
     try:

@@ -46,6 +46,22 @@ def test_unknown_yaml_key_names_the_file(tmp_path):
         pretrain.make_parser().parse_args_and_config(["--config", str(config)])
 
 
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the CPU-only behaviour")
+def test_bf16_on_a_cpu_only_machine_trains_in_cpu_autocast(tmp_path):
+    """transformers refuses `bf16` without an accelerator unless `use_cpu` is set; the parser sets it."""
+    config = tmp_path / "bf16.yaml"
+    config.write_text("preset: tiny\noutput_dir: x\nbf16: true\n")
+    for argv in (["--config", str(config)], ["--preset", "tiny", "--output_dir", "x", "--bf16", "true"]):
+        training_args = pretrain.make_parser().parse_args_and_config(argv)[1]
+        assert training_args.bf16 and training_args.use_cpu
+    # bf16 switched off on the command line: use_cpu stays as it was
+    training_args = pretrain.make_parser().parse_args_and_config(["--config", str(config), "--bf16", "false"])[1]
+    assert not training_args.bf16 and not training_args.use_cpu
+    # TRL's default (bf16 unless fp16), as the GPU presets' YAMLs have it
+    training_args = pretrain.make_parser().parse_args_and_config(["--preset", "tiny", "--output_dir", "x"])[1]
+    assert training_args.bf16 and training_args.use_cpu
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
