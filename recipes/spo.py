@@ -1,0 +1,410 @@
+"""Single-stream policy optimisation (SPO, Xu & Ding, arXiv 2509.13232) from an SFT checkpoint, on verifiable rewards:
+one completion per prompt, a per-prompt value tracker as the baseline, prioritised prompt sampling.
+
+Ours: TRL has no SPO trainer, and its GRPOConfig refuses `num_generations < 2`, so GRPOTrainer cannot run a single
+stream. The arithmetic (Beta tracker with KL-adaptive forgetting, batch-normalised advantages, the sampler's weights)
+is `minimind_hf.spo.ValueTracker`; this recipe is the loop around it, a small `transformers.Trainer` subclass
+([`SPOTrainer`]). What is the Trainer's: the optimiser, scheduler, gradient accumulation, mixed precision, logging,
+checkpoints. What is ours: each micro-batch draws `per_device_train_batch_size` prompts with the tracker's
+prioritised sampler (seeded from `seed`), samples one completion per prompt with `model.generate`, scores it with the
+rewards, takes the advantages from the tracker (before this batch's rewards are absorbed), then updates the tracker
+with the rewards and each prompt's policy divergence `D` (the token mean of `|log pi_then - log pi_now|` over the
+response the prompt got at its previous visit; 0 on a first visit). The loss is the token mean over completion tokens
+(up to and including the first end-of-sequence token) of `-A * log pi + beta * k3(log pi, log pi_ref)`: a policy
+gradient with the tracker's baseline. Each rollout is used for exactly one update, so PPO's importance ratio is 1 and
+its clipping never acts; it is left out. The reference for the k3 KL is a frozen copy of the start model (`beta: 0`
+keeps none). Log-probs are those of the sampling distribution (logits divided by `temperature`, as TRL's GRPO).
+
+Rewards come from `minimind_hf.rewards` by name (`reward_funcs`, weighted by `reward_weights`), as in recipes/grpo.py;
+a reward that does not apply to a row (`None`) counts 0 in the weighted sum, as in TRL. The tracker reads rewards as
+success probabilities, so the weighted sum is mapped linearly from [`reward_min`, `reward_max`] to [0, 1] (default:
+[0, 1], i.e. unchanged, right for `exact_answer`'s 0/1); a step whose mapped reward leaves [0, 1] stops with an error
+naming the range. Upstream MiniMind's SPO squashes its [-3, 3] rewards the same way, with `(r + 3) / 6`.
+
+Logged to `trainer_state.json`: `reward` and `rewards/<name>/mean`, the raw advantage `r - v(x)` before
+normalisation (`advantage/raw_mean`, `advantage/raw_std`), `kl` (mean k3 to the reference), `tracker/value_mean`
+(the batch's prompts' values after the update), `tracker/divergence` and `tracker/rho`, `completions/mean_length`.
+The tracker is saved as `spo_tracker.json` beside the model (and in each checkpoint; a resumed run reloads it, but
+not the prompts' last responses, so each prompt's first visit after a resume has `D = 0`). One process only: the
+tracker is not shared between ranks.
+
+    python recipes/spo.py --config recipes/tiny/spo.yaml   # CPU, from the quickstart's SFT output
+    accelerate launch --config_file accelerate_configs/single_process.yaml recipes/spo.py \
+        --config recipes/minimind2-small/spo.yaml
+"""
+
+import copy
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers import Trainer, TrainingArguments
+
+from minimind_hf.data import load_rl_dataset
+from minimind_hf.ppo import k3_kl, masked_mean
+from minimind_hf.rl import call_rewards, check_reward_data, prepare_prompts
+from minimind_hf.spo import ValueTracker, policy_divergence
+from minimind_hf.training import (
+    ModelArguments,
+    RecipeError,
+    RecipeParser,
+    build_model,
+    check_output_dir,
+    end_distributed,
+    finish_run,
+    recipe_tokenizer,
+    write_json,
+)
+from recipes.grpo import GRPODataArguments, reward_functions
+
+TRACKER_FILE = "spo_tracker.json"
+
+
+@dataclass
+class SPODataArguments(GRPODataArguments):
+    """GRPO's data arguments: RL prompts, `reward_funcs`, `reward_kwargs`, `max_prompt_length`, `thinking_ratio`."""
+
+
+@dataclass
+class SPOConfig(TrainingArguments):
+    """The Trainer's arguments plus SPO's: sampling, the KL weight, the tracker's constants (the authors' defaults)
+    and how rewards are weighted and mapped to [0, 1]. `per_device_train_batch_size` counts prompts, one completion
+    each."""
+
+    max_completion_length: int = field(default=256, metadata={"help": "Most tokens generated per completion."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    beta: float = field(
+        default=0.0, metadata={"help": "Weight of the k3 KL to the frozen start model (0: no reference kept)."}
+    )
+    d_half: float = field(
+        default=0.06, metadata={"help": "Divergence at which half a tracker's evidence is forgotten."}
+    )
+    rho_min: float = field(default=0.875, metadata={"help": "Smallest forgetting factor."})
+    rho_max: float = field(default=0.96, metadata={"help": "Largest forgetting factor (a first visit's)."})
+    offline_samples: int = field(
+        default=0,
+        metadata={"help": "Completions per prompt from the start model that initialise its tracker (0: the prior)."},
+    )
+    epsilon: float = field(default=0.05, metadata={"help": "Floor added to every prompt's sampling weight."})
+    gamma: float = field(default=0.0, metadata={"help": "Exponent of the effective sample size in the weights."})
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward function (default: 1 each)."}
+    )
+    reward_min: float = field(default=0.0, metadata={"help": "Weighted reward mapped to 0 for the tracker."})
+    reward_max: float = field(default=1.0, metadata={"help": "Weighted reward mapped to 1 for the tracker."})
+    chat_template_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Chat template options for every prompt, e.g. `{enable_thinking: false}`."}
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: rewards read the columns."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.chat_template_kwargs, str):
+            self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
+        if not self.reward_max > self.reward_min:
+            raise RecipeError(f"reward_min {self.reward_min} must be below reward_max {self.reward_max}")
+        if self.offline_samples < 0 or self.max_completion_length < 1 or not self.temperature > 0:
+            raise RecipeError("need offline_samples >= 0, max_completion_length >= 1 and temperature > 0")
+
+
+def spo_loss(
+    logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token mean over the counted tokens of `-A * logp + beta * k3(logp, ref_logp)`.
+
+    Args:
+        logp, ref_logp: `(batch, tokens)` completion log-probs under the policy and the reference (None: no KL).
+        advantages: `(batch,)` one advantage per completion, broadcast over its tokens.
+        mask: `(batch, tokens)`, 1 on counted completion tokens.
+    """
+    per_token = -advantages.to(logp.dtype).unsqueeze(-1) * logp
+    stats = {}
+    if ref_logp is not None:
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl
+        stats["kl"] = float(masked_mean(kl.detach(), mask))
+    return masked_mean(per_token, mask), stats
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """1 on each completion's tokens up to and including its first `eos_token_id`, 0 after (long)."""
+    if eos_token_id is None:
+        return torch.ones_like(completion_ids)
+    is_eos = completion_ids == eos_token_id
+    before = torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()  # eos tokens strictly before each position
+    return (before == 0).long()
+
+
+class TrackerBatchSampler(Sampler):
+    """Batches of dataset rows drawn by the tracker's prioritised sampler, lazily, so each batch sees the tracker as
+    the last step left it. `len` is one pass's worth of batches."""
+
+    def __init__(self, tracker: ValueTracker, num_rows: int, batch_size: int, seed: int):
+        self.tracker, self.ids, self.batch_size = tracker, list(range(num_rows)), batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.ids) / self.batch_size)
+
+    def __iter__(self):
+        for _ in range(len(self)):
+            yield self.tracker.sample(self.ids, self.batch_size, generator=self.generator)
+
+
+class SPOTrainer(Trainer):
+    """`transformers.Trainer` with SPO's rollout and loss in `compute_loss` (see the module docstring)."""
+
+    def __init__(self, model, args: SPOConfig, train_dataset, processing_class, reward_funcs, **kwargs):
+        super().__init__(
+            model=model, args=args, train_dataset=train_dataset, processing_class=processing_class, **kwargs
+        )
+        self.reward_funcs = reward_funcs
+        weights = args.reward_weights or [1.0] * len(reward_funcs)
+        if len(weights) != len(reward_funcs):
+            raise RecipeError(f"reward_weights: {len(weights)} weights for {len(reward_funcs)} reward_funcs")
+        self.reward_weight_values = torch.tensor(weights, dtype=torch.float64)
+        self.tracker = ValueTracker(
+            d_half=args.d_half, rho_min=args.rho_min, rho_max=args.rho_max, epsilon=args.epsilon, gamma=args.gamma
+        )
+        self.ref_model = None
+        if args.beta > 0:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(args.device)
+        # Per prompt, its last response: prompt ids, response ids (counted tokens) and their log-probs then.
+        self.last_response: dict[int, tuple[list[int], torch.Tensor, torch.Tensor]] = {}
+        self._spo_metrics: dict[str, list[float]] = defaultdict(list)
+
+    # -- data --------------------------------------------------------------------------------------------------
+
+    def get_train_dataloader(self) -> DataLoader:
+        # Not passed through accelerate's prepare: its loader reads one batch ahead, which would draw the next
+        # prompts before this step's rewards reach the tracker. Batches hold row indices; compute_loss reads the rows.
+        sampler = TrackerBatchSampler(
+            self.tracker, len(self.train_dataset), self.args.per_device_train_batch_size, self.args.seed
+        )
+        return DataLoader(
+            range(len(self.train_dataset)),
+            batch_sampler=sampler,
+            collate_fn=lambda rows: {"prompt_index": torch.tensor(rows, dtype=torch.long)},
+        )
+
+    def _render(self, row: dict) -> str:
+        prompt = row["prompt"]
+        if isinstance(prompt, str):  # rendered by prepare_prompts
+            return prompt
+        tools = json.loads(row["tools"]) if row.get("tools") else None
+        return self.processing_class.apply_chat_template(
+            prompt, tools=tools, add_generation_prompt=True, tokenize=False, **(self.args.chat_template_kwargs or {})
+        )
+
+    def _prompt_ids(self, rows: list[dict]) -> list[list[int]]:
+        return [self.processing_class(self._render(r), add_special_tokens=False)["input_ids"] for r in rows]
+
+    # -- rollout -----------------------------------------------------------------------------------------------
+
+    def _generate(self, model, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sampled completion per prompt: `(completion_ids, mask)`, right-padded, mask through the first EOS."""
+        tokenizer, device = self.processing_class, self.args.device
+        width = max(len(p) for p in prompt_ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+        unwrapped = self.accelerator.unwrap_model(model)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        try:
+            with torch.no_grad():
+                out = unwrapped.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    do_sample=True,
+                    temperature=self.args.temperature,
+                    top_p=self.args.top_p,
+                    top_k=0,
+                    max_new_tokens=self.args.max_completion_length,
+                    pad_token_id=pad,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+        finally:
+            unwrapped.train(was_training)
+        completion = out[:, width:]
+        mask = completion_mask(completion, tokenizer.eos_token_id)
+        return completion, mask
+
+    def _logps(self, model, prompt_ids: list[list[int]], completions: list[torch.Tensor]) -> tuple:
+        """Log-probs of each completion's tokens after its prompt (tempered logits): `(logp, mask)`, `(batch, tokens)`,
+        prompts left-padded and completions right-padded to one width."""
+        device = self.args.device
+        width = max(len(p) for p in prompt_ids)
+        length = max(max(len(c) for c in completions), 1)
+        rows, masks = [], []
+        for p, c in zip(prompt_ids, completions):
+            c = [int(t) for t in c]
+            rows.append([0] * (width - len(p)) + p + c + [0] * (length - len(c)))
+            masks.append([0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (length - len(c)))
+        input_ids = torch.tensor(rows, device=device)
+        attention = torch.tensor(masks, device=device)
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded prompts
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids).logits
+        logits = logits[:, width - 1 : -1].float() / self.args.temperature
+        targets = input_ids[:, width:]
+        logp = torch.gather(torch.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
+        return logp, attention[:, width:]
+
+    def _scores(self, rows: list[dict], completion_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The weighted reward of each completion mapped to [0, 1] (per-function means logged)."""
+        texts = [
+            self.processing_class.decode(ids[m.bool()], skip_special_tokens=True)
+            for ids, m in zip(completion_ids.cpu(), mask.cpu())
+        ]
+        per_func = call_rewards(self.reward_funcs, rows, texts, self.processing_class)
+        table = torch.tensor([per_func[fn.__name__] for fn in self.reward_funcs], dtype=torch.float64).T
+        for fn, column in zip(self.reward_funcs, table.T):
+            finite = column[~column.isnan()]
+            if len(finite):
+                self._spo_metrics[f"rewards/{fn.__name__}/mean"].append(finite.mean().item())
+        total = (table * self.reward_weight_values).nansum(dim=1)
+        self._spo_metrics["reward"].append(total.mean().item())
+        low, high = self.args.reward_min, self.args.reward_max
+        mapped = (total - low) / (high - low)
+        if ((mapped < -1e-9) | (mapped > 1 + 1e-9)).any():
+            raise ValueError(
+                f"SPO: weighted rewards {total.tolist()} leave [reward_min, reward_max] = [{low}, {high}]; the value "
+                "tracker needs them mapped to [0, 1]: set reward_min / reward_max to the weighted sum's range"
+            )
+        return mapped.clamp(0.0, 1.0)
+
+    def _divergences(self, model, ids: list[int]) -> torch.Tensor:
+        """`D` per prompt: its previous response's log-probs then vs under the current policy (0 if none)."""
+        d = torch.zeros(len(ids), dtype=torch.float64)
+        seen = [i for i, pid in enumerate(ids) if pid in self.last_response]
+        if seen:
+            prompts, responses, then = zip(*(self.last_response[ids[i]] for i in seen))
+            with torch.no_grad():
+                now, mask = self._logps(model, list(prompts), list(responses))
+            padded = torch.zeros_like(now)
+            for row, old in enumerate(then):
+                padded[row, : len(old)] = old.to(padded)
+            d[seen] = policy_divergence(padded, now, mask).cpu()
+        return d
+
+    def initialize_tracker(self, model) -> None:
+        """`offline_samples` completions of the start model per prompt initialise each prompt's tracker."""
+        n0, size = self.args.offline_samples, self.args.per_device_train_batch_size
+        if n0 == 0:
+            return
+        rows = [dict(r) for r in self.train_dataset]
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            prompt_ids = self._prompt_ids(chunk)
+            rewards = [[] for _ in chunk]
+            for _ in range(n0):
+                completion, mask = self._generate(model, prompt_ids)
+                for i, r in enumerate(self._scores(chunk, completion, mask).tolist()):
+                    rewards[i].append(r)
+            for i, r in enumerate(rewards):
+                self.tracker.initialize(start + i, r)
+        self._spo_metrics.clear()
+
+    # -- loss --------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids = inputs["prompt_index"].tolist()
+        rows = [dict(self.train_dataset[i]) for i in ids]
+        prompt_ids = self._prompt_ids(rows)
+        completion, mask = self._generate(model, prompt_ids)
+        rewards = self._scores(rows, completion, mask)
+        raw = rewards - self.tracker.value(ids)
+        advantages = self.tracker.advantages(ids, rewards).to(self.args.device)
+        divergence = self._divergences(model, ids)
+        rho = self.tracker.update(ids, rewards, divergence)
+
+        completions = [c[m.bool()] for c, m in zip(completion, mask)]
+        logp, logp_mask = self._logps(model, prompt_ids, completions)
+        ref_logp = None
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref_logp, _ = self._logps(self.ref_model, prompt_ids, completions)
+        loss, stats = spo_loss(logp, ref_logp, advantages, logp_mask, self.args.beta)
+        for i, (pid, tokens) in enumerate(zip(ids, completions)):
+            n = len(tokens)
+            self.last_response[pid] = (prompt_ids[i], tokens.cpu(), logp[i, :n].detach().float().cpu())
+
+        metrics = self._spo_metrics
+        metrics["advantage/raw_mean"].append(raw.mean().item())
+        metrics["advantage/raw_std"].append(raw.std().item() if len(raw) > 1 else 0.0)
+        metrics["tracker/value_mean"].append(self.tracker.value(ids).mean().item())
+        metrics["tracker/divergence"].append(divergence.mean().item())
+        metrics["tracker/rho"].append(rho.mean().item())
+        metrics["completions/mean_length"].append(mask.sum(-1).float().mean().item())
+        for key, value in stats.items():
+            metrics[key].append(value)
+        return loss
+
+    # -- logs and saving ---------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._spo_metrics:  # training logs: add the means since the last log
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._spo_metrics.items() if v}}
+            self._spo_metrics.clear()
+        super().log(logs, start_time)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.is_world_process_zero():
+            write_json(Path(output_dir or self.args.output_dir) / TRACKER_FILE, self.tracker.state_dict())
+
+
+def make_parser() -> RecipeParser:
+    """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
+    return RecipeParser((SPODataArguments, SPOConfig, ModelArguments))
+
+
+def main(data_args: SPODataArguments, training_args: SPOConfig, model_args: ModelArguments) -> dict:
+    resume_from = check_output_dir(training_args)
+    if training_args.world_size > 1:
+        raise RecipeError("SPO runs in one process: its value tracker is not shared between ranks")
+    if data_args.eval_files or training_args.eval_strategy != "no":
+        raise RecipeError(
+            "eval_files / eval_strategy: the SPO recipe has no evaluation loop (its loss samples and updates the "
+            "tracker); measure a saved policy with minimind_hf.rl.reward_report"
+        )
+    if model_args.use_peft:
+        raise RecipeError("use_peft: the SPO recipe trains the full model (LoRA is not wired in)")
+    tokenizer = recipe_tokenizer(model_args)
+    reward_funcs = reward_functions(data_args)
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(reward_funcs):
+        raise RecipeError(f"reward_weights: {len(weights)} weights for {len(reward_funcs)} reward_funcs")
+    train_files, _ = data_args.files(data_args.curriculum_stage)
+    prepare = {
+        "max_prompt_length": data_args.max_prompt_length,
+        "thinking_ratio": data_args.thinking_ratio,
+        "chat_template_kwargs": training_args.chat_template_kwargs,
+        "seed": training_args.seed,
+    }
+    train_dataset = prepare_prompts(load_rl_dataset(train_files), tokenizer, **prepare)
+    check_reward_data(reward_funcs, train_dataset, train_files)
+    model = build_model(model_args, tokenizer, seed=training_args.seed)
+    trainer = SPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        reward_funcs=reward_funcs,
+    )
+    if resume_from and (Path(resume_from) / TRACKER_FILE).is_file():
+        trainer.tracker.load_state_dict(json.loads((Path(resume_from) / TRACKER_FILE).read_text()))
+    else:
+        trainer.initialize_tracker(trainer.model)
+    trainer.train(resume_from_checkpoint=resume_from)
+    return finish_run(trainer)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())
+    end_distributed()
