@@ -17,7 +17,7 @@ seeds: install
 	$(PYTHON) recipes/seeds.py --output_dir outputs/seeds
 
 # The default suite on one worker process per core, at most 4 (pytest-xdist; each worker gets its share of the
-# threads, tests/conftest.py): 244 s on 2 cores against 392-447 s in one process.
+# threads, tests/conftest.py): 156 s on 2 cores against 392-447 s in one process (tests/forkrun.py included).
 test: install
 	$(PYTHON) -m pytest -q -n auto --maxprocesses 4
 
