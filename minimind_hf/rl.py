@@ -33,6 +33,7 @@ def prepare_prompts(
     thinking_ratio: float | None = None,
     chat_template_kwargs: dict | None = None,
     seed: int = 0,
+    render: bool = False,
 ):
     """RL prompts for TRL: conversational when TRL's own rendering suffices, else every prompt rendered to text.
 
@@ -46,6 +47,7 @@ def prepare_prompts(
         chat_template_kwargs: the run's template kwargs (`GRPOConfig.chat_template_kwargs`), applied to every
             rendered prompt under the per-row switch.
         seed: seeds `thinking_ratio`'s draws.
+        render: render every prompt to text even where TRL could (for trainers of ours that tokenize text).
 
     Returns:
         The dataset with `prompt` rendered to text where needed (`tools` then stays as a reward column only).
@@ -54,7 +56,7 @@ def prepare_prompts(
     per_row_thinking = thinking_ratio is not None or "enable_thinking" in dataset.column_names
     has_tools = "tools" in dataset.column_names and any(t for t in dataset["tools"])
 
-    def render(row: dict, index: int) -> str:
+    def render_row(row: dict, index: int) -> str:
         row_kwargs = dict(kwargs)
         if row.get("enable_thinking") is not None:
             row_kwargs["enable_thinking"] = bool(row["enable_thinking"])
@@ -68,14 +70,14 @@ def prepare_prompts(
     too_long = False
     if max_prompt_length is not None and not (per_row_thinking or has_tools):
         too_long = any(
-            len(tokenizer(render(row, i), add_special_tokens=False)["input_ids"]) > max_prompt_length
+            len(tokenizer(render_row(row, i), add_special_tokens=False)["input_ids"]) > max_prompt_length
             for i, row in enumerate(dataset)
         )
-    if not (per_row_thinking or has_tools or too_long):
+    if not (render or per_row_thinking or has_tools or too_long):
         return dataset
 
     def to_text(row: dict, index: int) -> dict:
-        text = render(row, index)
+        text = render_row(row, index)
         if max_prompt_length is not None:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > max_prompt_length:

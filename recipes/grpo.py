@@ -84,6 +84,29 @@ def reward_functions(data_args: GRPODataArguments) -> list:
     return get_reward_funcs(data_args.reward_funcs, **options)
 
 
+def rewards_and_prompts(data_args: GRPODataArguments, training_args, tokenizer, render: bool = False) -> tuple:
+    """The run's reward functions (checked against `reward_weights`) and its prepared training and held-out prompts
+    (`prepare_prompts`; `render`: every prompt as text), every reward's columns checked before any training.
+    Returns `(reward_funcs, train_dataset, eval_dataset or None)`; shared with recipes/spo.py."""
+    reward_funcs = reward_functions(data_args)
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(reward_funcs):
+        raise RecipeError(f"reward_weights: {len(weights)} weights for {len(reward_funcs)} reward_funcs")
+    train_files, eval_files = data_args.files(data_args.curriculum_stage)
+    prepare = {
+        "max_prompt_length": data_args.max_prompt_length,
+        "thinking_ratio": data_args.thinking_ratio,
+        "chat_template_kwargs": training_args.chat_template_kwargs,
+        "seed": training_args.seed,
+        "render": render,
+    }
+    train_dataset = prepare_prompts(load_rl_dataset(train_files), tokenizer, **prepare)
+    eval_dataset = prepare_prompts(load_rl_dataset(eval_files), tokenizer, **prepare) if eval_files else None
+    # A reward that needs a column the prompts lack or leave empty (e.g. `gt`) stops here, not at the first step.
+    check_reward_data(reward_funcs, train_dataset, train_files)
+    return reward_funcs, train_dataset, eval_dataset
+
+
 def make_parser() -> RecipeParser:
     """The recipe's arguments, in the order `main` takes them (defaults < YAML `--config` < command line)."""
     return RecipeParser((GRPODataArguments, GRPOConfig, ModelArguments))
@@ -97,21 +120,7 @@ def main(data_args: GRPODataArguments, training_args: GRPOConfig, model_args: Mo
             "(set beta 0, or start from a saved model)"
         )
     tokenizer = recipe_tokenizer(model_args)
-    reward_funcs = reward_functions(data_args)
-    weights = training_args.reward_weights
-    if weights is not None and len(weights) != len(reward_funcs):
-        raise RecipeError(f"reward_weights: {len(weights)} weights for {len(reward_funcs)} reward_funcs")
-    train_files, eval_files = data_args.files(data_args.curriculum_stage)
-    prepare = {
-        "max_prompt_length": data_args.max_prompt_length,
-        "thinking_ratio": data_args.thinking_ratio,
-        "chat_template_kwargs": training_args.chat_template_kwargs,
-        "seed": training_args.seed,
-    }
-    train_dataset = prepare_prompts(load_rl_dataset(train_files), tokenizer, **prepare)
-    eval_dataset = prepare_prompts(load_rl_dataset(eval_files), tokenizer, **prepare) if eval_files else None
-    # A reward that needs a column the prompts lack or leave empty (e.g. `gt`) stops here, not at the first step.
-    check_reward_data(reward_funcs, train_dataset, train_files)
+    reward_funcs, train_dataset, eval_dataset = rewards_and_prompts(data_args, training_args, tokenizer)
     model = build_model(model_args, tokenizer, seed=training_args.seed)
     trainer = GRPOTrainer(
         model=model,

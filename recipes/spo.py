@@ -44,9 +44,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainingArguments
 
-from minimind_hf.data import load_rl_dataset
 from minimind_hf.ppo import k3_kl, masked_mean
-from minimind_hf.rl import call_rewards, check_reward_data, prepare_prompts
+from minimind_hf.rl import call_rewards
 from minimind_hf.spo import ValueTracker, policy_divergence
 from minimind_hf.training import (
     ModelArguments,
@@ -59,7 +58,7 @@ from minimind_hf.training import (
     recipe_tokenizer,
     write_json,
 )
-from recipes.grpo import GRPODataArguments, reward_functions
+from recipes.grpo import GRPODataArguments, rewards_and_prompts
 
 TRACKER_FILE = "spo_tracker.json"
 
@@ -164,10 +163,8 @@ class SPOTrainer(Trainer):
             model=model, args=args, train_dataset=train_dataset, processing_class=processing_class, **kwargs
         )
         self.reward_funcs = reward_funcs
-        weights = args.reward_weights or [1.0] * len(reward_funcs)
-        if len(weights) != len(reward_funcs):
-            raise RecipeError(f"reward_weights: {len(weights)} weights for {len(reward_funcs)} reward_funcs")
-        self.reward_weight_values = torch.tensor(weights, dtype=torch.float64)
+        # reward_weights' length is checked with the rewards (recipes.grpo.rewards_and_prompts)
+        self.reward_weight_values = torch.tensor(args.reward_weights or [1.0] * len(reward_funcs), dtype=torch.float64)
         self.tracker = ValueTracker(
             d_half=args.d_half, rho_min=args.rho_min, rho_max=args.rho_max, epsilon=args.epsilon, gamma=args.gamma
         )
@@ -192,17 +189,9 @@ class SPOTrainer(Trainer):
             collate_fn=lambda rows: {"prompt_index": torch.tensor(rows, dtype=torch.long)},
         )
 
-    def _render(self, row: dict) -> str:
-        prompt = row["prompt"]
-        if isinstance(prompt, str):  # rendered by prepare_prompts
-            return prompt
-        tools = json.loads(row["tools"]) if row.get("tools") else None
-        return self.processing_class.apply_chat_template(
-            prompt, tools=tools, add_generation_prompt=True, tokenize=False, **(self.args.chat_template_kwargs or {})
-        )
-
     def _prompt_ids(self, rows: list[dict]) -> list[list[int]]:
-        return [self.processing_class(self._render(r), add_special_tokens=False)["input_ids"] for r in rows]
+        # prompts are text: main() renders them all with prepare_prompts(render=True)
+        return [self.processing_class(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
 
     # -- rollout -----------------------------------------------------------------------------------------------
 
@@ -376,19 +365,8 @@ def main(data_args: SPODataArguments, training_args: SPOConfig, model_args: Mode
     if model_args.use_peft:
         raise RecipeError("use_peft: the SPO recipe trains the full model (LoRA is not wired in)")
     tokenizer = recipe_tokenizer(model_args)
-    reward_funcs = reward_functions(data_args)
-    weights = training_args.reward_weights
-    if weights is not None and len(weights) != len(reward_funcs):
-        raise RecipeError(f"reward_weights: {len(weights)} weights for {len(reward_funcs)} reward_funcs")
-    train_files, _ = data_args.files(data_args.curriculum_stage)
-    prepare = {
-        "max_prompt_length": data_args.max_prompt_length,
-        "thinking_ratio": data_args.thinking_ratio,
-        "chat_template_kwargs": training_args.chat_template_kwargs,
-        "seed": training_args.seed,
-    }
-    train_dataset = prepare_prompts(load_rl_dataset(train_files), tokenizer, **prepare)
-    check_reward_data(reward_funcs, train_dataset, train_files)
+    # Every prompt rendered to text once, here, not at every step.
+    reward_funcs, train_dataset, _ = rewards_and_prompts(data_args, training_args, tokenizer, render=True)
     model = build_model(model_args, tokenizer, seed=training_args.seed)
     trainer = SPOTrainer(
         model=model,

@@ -5,12 +5,23 @@ import os
 import pytest
 import torch
 
-from tests.utils import VARIANTS
+from minimind_hf.tokenization import load_tokenizer
+from tests.utils import VARIANTS, tiny_model
 
 
 @pytest.fixture(params=list(VARIANTS))
 def variant(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def saved_tiny(tmp_path_factory):
+    """An untrained tiny model with the shipped tokenizer in a folder, for recipes that start from a saved model (TRL
+    reloads GRPO's reference from it; the reward model starts its backbone from it)."""
+    out = tmp_path_factory.mktemp("tiny-policy")
+    tiny_model().save_pretrained(out)
+    load_tokenizer().save_pretrained(out)
+    return out
 
 
 def pytest_configure(config):

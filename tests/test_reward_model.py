@@ -45,14 +45,6 @@ def test_ranking_accuracy_by_hand():
         ranking_accuracy(by_length, [])
 
 
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-sft")
-    tiny_model().save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
-    return out
-
-
 def reward_argv(model_dir, out, *extra):
     return [
         "--config", "recipes/tiny/reward.yaml",

@@ -27,15 +27,6 @@ def test_every_grpo_yaml_parses(path):
     get_reward_funcs([r for r in data_args.reward_funcs if "/" not in r])
 
 
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    """An untrained tiny model with the shipped tokenizer in a folder (TRL reloads the reference from it)."""
-    out = tmp_path_factory.mktemp("tiny-policy")
-    tiny_model().save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
-    return out
-
-
 def grpo_argv(model_dir, out, *extra):
     return [
         "--config", "recipes/tiny/grpo.yaml",
@@ -123,6 +114,13 @@ def rl_rows(n=3):
 def test_prompts_stay_conversational_unless_a_row_needs_its_own_rendering():
     tokenizer = load_tokenizer()
     assert prepare_prompts(rl_rows(), tokenizer)["prompt"] == rl_rows()["prompt"]
+    # render=True (SPO): the same prompts as the chat template writes them, with the run's template kwargs
+    rendered = prepare_prompts(rl_rows(), tokenizer, render=True, chat_template_kwargs={"enable_thinking": False})
+    expected = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+        for p in rl_rows()["prompt"]
+    ]
+    assert rendered["prompt"] == expected and all(t.endswith("</think>\n\n") for t in expected)
     cut = prepare_prompts(rl_rows(), tokenizer, max_prompt_length=20)
     for text in cut["prompt"]:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from minimind_hf.rewards import get_reward_funcs
-from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.training import RecipeError
 from recipes import spo
-from tests.utils import parse_shipped_yaml, shipped_yamls, tiny_model
+from tests.utils import parse_shipped_yaml, shipped_yamls
 
 
 @pytest.mark.parametrize("path", shipped_yamls({"spo"}))
@@ -22,14 +21,6 @@ def test_every_spo_yaml_parses(path):
     assert training_args.output_dir == raw["output_dir"] and model_args.model_name_or_path
     assert training_args.beta > 0 and training_args.reward_max > training_args.reward_min
     get_reward_funcs([r for r in data_args.reward_funcs if "/" not in r])
-
-
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-policy")
-    tiny_model().save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
-    return out
 
 
 def spo_argv(model_dir, out, *extra):
