@@ -33,20 +33,18 @@ tracker is not shared between ranks.
         --config recipes/minimind2-small/spo.yaml
 """
 
-import copy
 import json
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Sampler
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
 from minimind_hf.ppo import k3_kl, masked_mean
-from minimind_hf.rl import call_rewards
 from minimind_hf.spo import ValueTracker, policy_divergence
+from minimind_hf.trainers.rollout import RolloutTrainer
 from minimind_hf.training import (
     ModelArguments,
     RecipeError,
@@ -130,15 +128,6 @@ def spo_loss(
     return masked_mean(per_token, mask), stats
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
-    """1 on each completion's tokens up to and including its first `eos_token_id`, 0 after (long)."""
-    if eos_token_id is None:
-        return torch.ones_like(completion_ids)
-    is_eos = completion_ids == eos_token_id
-    before = torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()  # eos tokens strictly before each position
-    return (before == 0).long()
-
-
 class TrackerBatchSampler(Sampler):
     """Batches of dataset rows drawn by the tracker's prioritised sampler, lazily, so each batch sees the tracker as
     the last step left it. `len` is one pass's worth of batches."""
@@ -155,25 +144,24 @@ class TrackerBatchSampler(Sampler):
             yield self.tracker.sample(self.ids, self.batch_size, generator=self.generator)
 
 
-class SPOTrainer(Trainer):
-    """`transformers.Trainer` with SPO's rollout and loss in `compute_loss` (see the module docstring)."""
+class SPOTrainer(RolloutTrainer):
+    """`RolloutTrainer` (a `transformers.Trainer`) with SPO's rollout and loss in `compute_loss` (see the module
+    docstring)."""
 
     def __init__(self, model, args: SPOConfig, train_dataset, processing_class, reward_funcs, **kwargs):
         super().__init__(
-            model=model, args=args, train_dataset=train_dataset, processing_class=processing_class, **kwargs
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            reward_funcs=reward_funcs,
+            **kwargs,
         )
-        self.reward_funcs = reward_funcs
-        # reward_weights' length is checked with the rewards (recipes.grpo.rewards_and_prompts)
-        self.reward_weight_values = torch.tensor(args.reward_weights or [1.0] * len(reward_funcs), dtype=torch.float64)
         self.tracker = ValueTracker(
             d_half=args.d_half, rho_min=args.rho_min, rho_max=args.rho_max, epsilon=args.epsilon, gamma=args.gamma
         )
-        self.ref_model = None
-        if args.beta > 0:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(args.device)
         # Per prompt, its last response: prompt ids, response ids (counted tokens) and their log-probs then.
         self.last_response: dict[int, tuple[list[int], torch.Tensor, torch.Tensor]] = {}
-        self._spo_metrics: dict[str, list[float]] = defaultdict(list)
 
     # -- data --------------------------------------------------------------------------------------------------
 
@@ -189,75 +177,11 @@ class SPOTrainer(Trainer):
             collate_fn=lambda rows: {"prompt_index": torch.tensor(rows, dtype=torch.long)},
         )
 
-    def _prompt_ids(self, rows: list[dict]) -> list[list[int]]:
-        # prompts are text: main() renders them all with prepare_prompts(render=True)
-        return [self.processing_class(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
-
     # -- rollout -----------------------------------------------------------------------------------------------
-
-    def _generate(self, model, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One sampled completion per prompt: `(completion_ids, mask)`, right-padded, mask through the first EOS."""
-        tokenizer, device = self.processing_class, self.args.device
-        width = max(len(p) for p in prompt_ids)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-        unwrapped = self.accelerator.unwrap_model(model)
-        was_training = unwrapped.training
-        unwrapped.eval()
-        try:
-            with torch.no_grad():
-                out = unwrapped.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention,
-                    do_sample=True,
-                    temperature=self.args.temperature,
-                    top_p=self.args.top_p,
-                    top_k=0,
-                    max_new_tokens=self.args.max_completion_length,
-                    pad_token_id=pad,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-        finally:
-            unwrapped.train(was_training)
-        completion = out[:, width:]
-        mask = completion_mask(completion, tokenizer.eos_token_id)
-        return completion, mask
-
-    def _logps(self, model, prompt_ids: list[list[int]], completions: list[torch.Tensor]) -> tuple:
-        """Log-probs of each completion's tokens after its prompt (tempered logits): `(logp, mask)`, `(batch, tokens)`,
-        prompts left-padded and completions right-padded to one width."""
-        device = self.args.device
-        width = max(len(p) for p in prompt_ids)
-        length = max(max(len(c) for c in completions), 1)
-        rows, masks = [], []
-        for p, c in zip(prompt_ids, completions):
-            c = [int(t) for t in c]
-            rows.append([0] * (width - len(p)) + p + c + [0] * (length - len(c)))
-            masks.append([0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (length - len(c)))
-        input_ids = torch.tensor(rows, device=device)
-        attention = torch.tensor(masks, device=device)
-        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded prompts
-        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids).logits
-        logits = logits[:, width - 1 : -1].float() / self.args.temperature
-        targets = input_ids[:, width:]
-        logp = torch.gather(torch.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
-        return logp, attention[:, width:]
 
     def _scores(self, rows: list[dict], completion_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The weighted reward of each completion mapped to [0, 1] (per-function means logged)."""
-        texts = [
-            self.processing_class.decode(ids[m.bool()], skip_special_tokens=True)
-            for ids, m in zip(completion_ids.cpu(), mask.cpu())
-        ]
-        per_func = call_rewards(self.reward_funcs, rows, texts, self.processing_class)
-        table = torch.tensor([per_func[fn.__name__] for fn in self.reward_funcs], dtype=torch.float64).T
-        for fn, column in zip(self.reward_funcs, table.T):
-            finite = column[~column.isnan()]
-            if len(finite):
-                self._spo_metrics[f"rewards/{fn.__name__}/mean"].append(finite.mean().item())
-        total = (table * self.reward_weight_values).nansum(dim=1)
-        self._spo_metrics["reward"].append(total.mean().item())
+        total = self._weighted_rewards(rows, completion_ids, mask)
         low, high = self.args.reward_min, self.args.reward_max
         mapped = (total - low) / (high - low)
         if ((mapped < -1e-9) | (mapped > 1 + 1e-9)).any():
@@ -297,7 +221,7 @@ class SPOTrainer(Trainer):
                     rewards[i].append(r)
             for i, r in enumerate(rewards):
                 self.tracker.initialize(start + i, r)
-        self._spo_metrics.clear()
+        self._rollout_metrics.clear()
 
     # -- loss --------------------------------------------------------------------------------------------------
 
@@ -323,7 +247,7 @@ class SPOTrainer(Trainer):
             n = len(tokens)
             self.last_response[pid] = (prompt_ids[i], tokens.cpu(), logp[i, :n].detach().float().cpu())
 
-        metrics = self._spo_metrics
+        metrics = self._rollout_metrics
         metrics["advantage/raw_mean"].append(raw.mean().item())
         metrics["advantage/raw_std"].append(raw.std().item() if len(raw) > 1 else 0.0)
         metrics["tracker/value_mean"].append(self.tracker.value(ids).mean().item())
@@ -335,12 +259,6 @@ class SPOTrainer(Trainer):
         return loss
 
     # -- logs and saving ---------------------------------------------------------------------------------------
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._spo_metrics:  # training logs: add the means since the last log
-            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._spo_metrics.items() if v}}
-            self._spo_metrics.clear()
-        super().log(logs, start_time)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)

@@ -41,6 +41,7 @@ from recipes import (
     grpo,
     lora,
     merge_lora,
+    ppo,
     pretrain,
     quickstart,
     reason,
@@ -56,9 +57,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "recipes/README.md", "convert/README.md", "accelerate_configs/README.md", "docs/data.md"]
 COMMAND_START = re.compile(r"^(python3? |accelerate launch |make |bash |pytest |llama-server |cd )")
 
-RECIPES = (pretrain, sft, lora, merge_lora, dpo, distill, reward, grpo, spo, reason, train_tokenizer)
+RECIPES = (pretrain, sft, lora, merge_lora, dpo, distill, reward, grpo, ppo, spo, reason, train_tokenizer)
 RECIPE_MODULES = {module.__name__.split(".")[-1]: module for module in RECIPES}
-TRAINING = {"pretrain", "sft", "lora", "dpo", "distill", "reward", "grpo", "spo", "reason"}
+TRAINING = {"pretrain", "sft", "lora", "dpo", "distill", "reward", "grpo", "ppo", "spo", "reason"}
 ONE_STEP = ["--max_steps", "1", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none"]
 
 NOT_HERE = {

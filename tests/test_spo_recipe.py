@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from minimind_hf.rewards import get_reward_funcs
+from minimind_hf.trainers.rollout import completion_mask
 from minimind_hf.training import RecipeError
 from recipes import spo
 from tests.utils import parse_shipped_yaml, shipped_yamls
@@ -82,7 +83,7 @@ def test_loss_matches_a_hand_computation():
 
 def test_completion_mask_keeps_tokens_through_the_first_eos():
     ids = torch.tensor([[5, 6, 2, 7, 2], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]])
-    assert spo.completion_mask(ids, 2).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert completion_mask(ids, 2).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
 
 
 def test_unknown_reward_and_out_of_range_rewards_stop(saved_tiny, tmp_path):
