@@ -74,6 +74,8 @@ NOT_HERE = {
     "cd out/minimind2-small-ollama && ollama create minimind2-small -f Modelfile && ollama run minimind2-small": (
         "ollama cannot be installed here; tests/test_convert_ollama_hub.py renders its template with Go"
     ),
+    "python -m minimind_hf.eval_tools --model outputs/quickstart/sft --curriculum_seed 0": "minutes of generation on "
+    "the quickstart's output; tests/test_eval_tools.py runs the CLI on a tiny model",
     "bash .ci/engines.sh": "builds the engines (tens of minutes); CI runs it",
     'pytest -m "vllm or llamacpp or go"': "the engine tests (make test-engines)",
     "pytest -m slow tests/test_post_training_effects.py -s": "the slow tier (make test-slow)",
