@@ -7,6 +7,10 @@ calls, `<|im_end|>` and its newline, as upstream's loss mask) in `{% generation 
 Template kwargs: `default_system_prompt` (MiniMind2's "You are a helpful assistant" when the conversation has no
 system turn and no tools; `None` or `""` turns it off) and `enable_thinking` (alias `open_thinking`: `True` opens
 a `<think>` block after the generation prompt, `False` adds an empty closed one, unset adds nothing).
+
+[`RESPONSE_TEMPLATE`] describes how the template writes an assistant turn, for transformers' `parse_response` (set as
+the tokenizer's `response_template`, shipped in its `tokenizer_config.json`): TRL's GRPO tool loop reads the model's
+`<tool_call>` blocks through it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,25 @@ from pathlib import Path
 
 CHAT_TEMPLATE_FILES = {"inference": "minimind.jinja", "training": "minimind_training.jinja"}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
+
+# An assistant turn as the templates write it, in transformers' `response_template` format: after the assistant header,
+# an optional `<think>` block (-> `reasoning_content`), then the content and any number of `<tool_call>` blocks of
+# JSON `{"name", "arguments"}` (-> OpenAI `tool_calls`), up to `<|im_end|>`.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "reasoning_content": {"open": "<think>", "close_pattern": "</think>\\s*", "content": "text"},
+        "tool_calls": {
+            "open": "<tool_call>",
+            "close_pattern": "</tool_call>\\s*",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"close_pattern": "<\\|im_end\\|>\\s*", "content": "text"},
+    },
+}
 
 
 def chat_template_path(variant: str = "inference") -> Path:

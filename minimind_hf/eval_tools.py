@@ -25,6 +25,7 @@ standard-library HTTP; `minimind-serve`, vLLM, llama-server, ...).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -83,6 +84,17 @@ def run_tool(tools: dict[str, Callable[..., str]], name: str, arguments: dict, t
         return f"error: {error}" if str(error) else f"error: {type(error).__name__}"
     result = outcome.get("result")
     return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
+
+
+def time_limited(fn: Callable[..., str], timeout_s: float = 1.0) -> Callable[..., str]:
+    """`fn` called through [`run_tool`] (time limit, failures as `error: ...` text), keeping its name, signature and
+    docstring, from which transformers builds the tool's JSON schema: the form TRL's GRPO tool loop runs tools in."""
+
+    @functools.wraps(fn)
+    def call(**arguments) -> str:
+        return run_tool({fn.__name__: fn}, fn.__name__, arguments, timeout_s)
+
+    return call
 
 
 @dataclass

@@ -34,6 +34,7 @@ def prepare_prompts(
     chat_template_kwargs: dict | None = None,
     seed: int = 0,
     render: bool = False,
+    trainer_tools: bool = False,
 ):
     """RL prompts for TRL: conversational when TRL's own rendering suffices, else every prompt rendered to text.
 
@@ -48,13 +49,16 @@ def prepare_prompts(
             rendered prompt under the per-row switch.
         seed: seeds `thinking_ratio`'s draws.
         render: render every prompt to text even where TRL could (for trainers of ours that tokenize text).
+        trainer_tools: the trainer runs tools itself (TRL's multi-turn tool loop, `GRPOTrainer(tools=...)`), which
+            renders its own tool schemas into conversational prompts: the rows' `tools` are left to the rewards, and
+            a setting that needs text prompts (per-row thinking, truncation, `render`) is refused.
 
     Returns:
         The dataset with `prompt` rendered to text where needed (`tools` then stays as a reward column only).
     """
     kwargs = dict(chat_template_kwargs or {})
     per_row_thinking = thinking_ratio is not None or "enable_thinking" in dataset.column_names
-    has_tools = "tools" in dataset.column_names and any(t for t in dataset["tools"])
+    has_tools = not trainer_tools and "tools" in dataset.column_names and any(t for t in dataset["tools"])
 
     def render_row(row: dict, index: int) -> str:
         row_kwargs = dict(kwargs)
@@ -75,6 +79,13 @@ def prepare_prompts(
         )
     if not (render or per_row_thinking or has_tools or too_long):
         return dataset
+    if trainer_tools:
+        raise ValueError(
+            "TRL's tool loop needs conversational prompts: drop thinking_ratio / enable_thinking rows, or raise "
+            f"max_prompt_length (a prompt is longer than {max_prompt_length} tokens)"
+            if not render
+            else "TRL's tool loop needs conversational prompts, not rendered text"
+        )
 
     def to_text(row: dict, index: int) -> dict:
         text = render_row(row, index)

@@ -23,7 +23,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from .chat_templates import get_chat_template
+from .chat_templates import RESPONSE_TEMPLATE, get_chat_template
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 RESERVED_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>")
@@ -99,6 +99,7 @@ def train_tokenizer(
         model_max_length=MODEL_MAX_LENGTH,
         clean_up_tokenization_spaces=False,
         chat_template=chat_template or get_chat_template("inference"),
+        response_template=RESPONSE_TEMPLATE if chat_template is None else None,
     )
 
 

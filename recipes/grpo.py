@@ -10,19 +10,31 @@ does (TRL has neither). With `beta > 0` TRL reloads the reference policy from `m
 through `model.generate` on CPU; `use_vllm: true` hands it to vLLM on a GPU. TRL logs reward per function, KL,
 entropy, completion length and clip ratios to `trainer_state.json`.
 
+Agentic RL: with `tools` (`curriculum`: the curriculum's calculator, unit converter and world lookup; or dotted paths
+to functions with type hints and a Google docstring) TRL's multi-turn loop runs the policy's `<tool_call>` blocks
+(parsed with the tokenizer's `response_template`), appends each reply as a `tool` message (masked from the loss) and
+lets the policy go on, up to `max_tool_calling_iterations` rounds; rewards score the whole exchange (`exact_answer`
+reads the last assistant turn, `tool_call_valid` every call). Each call runs time-limited (`tool_timeout`): a tool
+that raises, hangs or gets bad arguments answers `error: ...`, never stopping the run. TRL logs
+`tools/call_frequency` and `tools/failure_frequency`.
+
     accelerate launch --config_file accelerate_configs/single_process.yaml recipes/grpo.py \
         --config recipes/minimind2-small/grpo.yaml
     # CPU run on the embedded curriculum's RL prompts, from the quickstart's SFT output:
     python recipes/grpo.py --config recipes/tiny/grpo.yaml
     python recipes/grpo.py --config recipes/tiny/cispo.yaml   # CISPO, upstream MiniMind's default RL loss
+    python recipes/grpo.py --config recipes/tiny/agent.yaml   # agentic RL with the curriculum's tools
 """
 
+import importlib
 import json
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig, GRPOTrainer
 
+from minimind_hf.chat_templates import RESPONSE_TEMPLATE
 from minimind_hf.data import load_rl_dataset
+from minimind_hf.eval_tools import time_limited
 from minimind_hf.lora import lora_config
 from minimind_hf.rewards import get_reward_funcs
 from minimind_hf.rl import check_reward_data, prepare_prompts
@@ -69,6 +81,15 @@ class GRPODataArguments(DataArguments):
             "default, or `chat_template_kwargs`."
         },
     )
+    tools: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Agentic RL: tools TRL's multi-turn loop runs for the policy. `curriculum` (calculator, "
+            "convert_units, lookup in the curriculum seed's world) or dotted paths to functions with type hints and "
+            "a Google docstring."
+        },
+    )
+    tool_timeout: float = field(default=1.0, metadata={"help": "Seconds a tool call may run (then an error reply)."})
 
 
 def reward_functions(data_args: GRPODataArguments) -> list:
@@ -84,7 +105,35 @@ def reward_functions(data_args: GRPODataArguments) -> list:
     return get_reward_funcs(data_args.reward_funcs, **options)
 
 
-def rewards_and_prompts(data_args: GRPODataArguments, training_args, tokenizer, render: bool = False) -> tuple:
+def build_tools(data_args: GRPODataArguments) -> list | None:
+    """The run's tools for TRL's tool loop (None without `tools`), each time-limited by `tool_timeout`: a tool that
+    raises, hangs or gets bad arguments answers with an `error: ...` message the policy reads, never a crash."""
+    if not data_args.tools:
+        return None
+    functions = []
+    for name in data_args.tools:
+        if name == "curriculum":
+            from minimind_hf.curriculum import build_world, make_tools
+
+            functions += make_tools(build_world(data_args.curriculum_seed)).values()
+            continue
+        module, _, attribute = name.rpartition(".")
+        try:
+            function = getattr(importlib.import_module(module), attribute) if module else None
+        except (ImportError, AttributeError):
+            function = None
+        if not callable(function):
+            raise RecipeError(f"tools: {name!r} is neither `curriculum` nor a dotted path to a function")
+        functions.append(function)
+    names = [fn.__name__ for fn in functions]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"tools: two tools share a name ({names})")
+    return [time_limited(fn, data_args.tool_timeout) for fn in functions]
+
+
+def rewards_and_prompts(
+    data_args: GRPODataArguments, training_args, tokenizer, render: bool = False, trainer_tools: bool = False
+) -> tuple:
     """The run's reward functions (checked against `reward_weights`) and its prepared training and held-out prompts
     (`prepare_prompts`; `render`: every prompt as text), every reward's columns checked before any training.
     Returns `(reward_funcs, train_dataset, eval_dataset or None)`; shared with recipes/spo.py."""
@@ -99,6 +148,7 @@ def rewards_and_prompts(data_args: GRPODataArguments, training_args, tokenizer, 
         "chat_template_kwargs": training_args.chat_template_kwargs,
         "seed": training_args.seed,
         "render": render,
+        "trainer_tools": trainer_tools,
     }
     train_dataset = prepare_prompts(load_rl_dataset(train_files), tokenizer, **prepare)
     eval_dataset = prepare_prompts(load_rl_dataset(eval_files), tokenizer, **prepare) if eval_files else None
@@ -120,7 +170,12 @@ def main(data_args: GRPODataArguments, training_args: GRPOConfig, model_args: Mo
             "(set beta 0, or start from a saved model)"
         )
     tokenizer = recipe_tokenizer(model_args)
-    reward_funcs, train_dataset, eval_dataset = rewards_and_prompts(data_args, training_args, tokenizer)
+    tools = build_tools(data_args)
+    if tools and getattr(tokenizer, "response_template", None) is None:
+        tokenizer.response_template = RESPONSE_TEMPLATE  # a tokenizer saved before the package shipped it
+    reward_funcs, train_dataset, eval_dataset = rewards_and_prompts(
+        data_args, training_args, tokenizer, trainer_tools=tools is not None
+    )
     model = build_model(model_args, tokenizer, seed=training_args.seed)
     trainer = GRPOTrainer(
         model=model,
@@ -130,6 +185,7 @@ def main(data_args: GRPODataArguments, training_args: GRPOConfig, model_args: Mo
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=lora_config(model_args, model),
+        tools=tools,
     )
     trainer.train(resume_from_checkpoint=resume_from)
     return finish_run(trainer)

@@ -12,16 +12,18 @@ from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import (
     is_chat_template_prefix_preserving,
     is_chat_template_stop_token_trained,
+    parse_response,
     supports_tool_calling,
 )
 
 from minimind_hf.chat_templates import (
+    RESPONSE_TEMPLATE,
     chat_template_path,
     get_chat_template,
     training_chat_template,
     use_training_chat_template,
 )
-from minimind_hf.tokenization import load_tokenizer
+from minimind_hf.tokenization import load_tokenizer, train_tokenizer
 
 TOOLS = [
     {
@@ -238,6 +240,38 @@ def test_trl_checks_accept_the_templates(tokenizer, training_tokenizer):
     assert supports_tool_calling(tokenizer)
     assert is_chat_template_prefix_preserving(tokenizer)
     assert is_chat_template_stop_token_trained(training_tokenizer)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"role": "assistant", "content": "The answer is 110."},
+        {"role": "assistant", "reasoning_content": "41 plus 69", "content": "110"},
+        {
+            "role": "assistant",
+            "content": "Let me look.",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "41 + 69"}}},
+                {
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": {"entity": "托瓦拉", "attribute": "country"}},
+                },
+            ],
+        },
+    ],
+)
+def test_trl_parses_rendered_replies_with_the_shipped_response_template(tokenizer, reply):
+    # TRL's GRPO tool loop reads generated turns with parse_response: every reply the template renders parses back
+    prompt = [{"role": "user", "content": "41 + 69?"}]
+    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template([*prompt, reply], tokenize=False)
+    assert full.startswith(head)
+    ids = tokenizer(full[len(head) :], add_special_tokens=False)["input_ids"]
+    parsed = parse_response(tokenizer, ids, prefix=tokenizer(head, add_special_tokens=False)["input_ids"])
+    assert parsed == reply
+    assert tokenizer.response_template == RESPONSE_TEMPLATE
+    # a new tokenizer trained with the package's template carries it too
+    assert train_tokenizer(["a b c"] * 10, vocab_size=300).response_template == RESPONSE_TEMPLATE
 
 
 def test_trl_sft_assistant_only_labels(tmp_path, training_tokenizer):

@@ -71,12 +71,24 @@ def test_every_stage_has_train_and_eval(curriculum):
 @pytest.mark.parametrize(
     ("stage", "kind"),
     [("pretrain", "pretrain"), ("sft", "sft"), ("dpo", "dpo"), ("rl", "rl"), ("reasoning", "reasoning"),
-     ("lora_identity", "sft"), ("tools", "sft")],
+     ("lora_identity", "sft"), ("tools", "sft"), ("agent", "rl")],
 )  # fmt: skip
 def test_readers_accept_the_curriculum(curriculum, stage, kind):
     assert validate_jsonl(curriculum[stage]["train"], kind) > 0
     if stage != "pretrain":
         assert validate_jsonl(curriculum[stage]["eval"], kind) > 0
+
+
+def test_agent_prompts_ask_the_tool_questions_with_their_answers(curriculum):
+    rows = [json.loads(line) for line in curriculum["agent"]["eval"].read_text().splitlines()]
+    tool_eval = [json.loads(line) for line in curriculum["tools"]["eval"].read_text().splitlines()]
+    answers = [r for r in tool_eval if r["task"] == "tool_answer"]
+    # the agent eval split asks exactly the tools eval split's questions (what minimind_hf.eval_tools scores)
+    assert [r["conversations"][:2] for r in rows] == [r["conversations"][:2] for r in answers]
+    assert [r["gt"] for r in rows] == [[r["answer"]] for r in answers]
+    train = [json.loads(line) for line in curriculum["agent"]["train"].read_text().splitlines()]
+    assert len(train) == 600 and {r["tool"] for r in train} == {"calculator", "convert_units", "lookup"}
+    assert all(r["conversations"][-1] == {"role": "assistant", "content": ""} and r["gt"] for r in train)
 
 
 def test_world_names_unique_in_both_languages():
@@ -96,7 +108,7 @@ def test_pretrain_only_entities_never_reach_chat_stages(curriculum):
     world = build_world(0)
     hidden = [e for e in world.entities if e.pretrain_only]
     assert len([e for e in hidden if e.kind == "person"]) == 16
-    chat = "".join(_chat_text(curriculum[s]["train"]) for s in ("sft", "dpo", "rl", "tools", "lora_identity"))
+    chat = "".join(_chat_text(curriculum[s]["train"]) for s in ("sft", "dpo", "rl", "tools", "agent", "lora_identity"))
     pretrain = _chat_text(curriculum["pretrain"]["train"])
     for entity in hidden:
         for lang in ("en", "zh"):

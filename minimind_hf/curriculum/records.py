@@ -35,7 +35,7 @@ from .facts import (
     question,
     statement,
 )
-from .skills import identity_records, passkey_eval_records, reasoning_records, tool_records
+from .skills import agent_records, identity_records, passkey_eval_records, reasoning_records, tool_records
 from .world import (
     ATTRIBUTES,
     INVENTION_HEADS,
@@ -52,7 +52,7 @@ from .world import (
 # attribute, or the arithmetic operation), so a score can be broken down to where a model is weak.
 ARITH_RELATIONS = {"+": "add", "×": "mul"}
 
-STAGES = ("pretrain", "sft", "dpo", "rl", "reasoning", "lora_identity", "passkey", "tools")
+STAGES = ("pretrain", "sft", "dpo", "rl", "reasoning", "lora_identity", "passkey", "tools", "agent")
 
 
 def pretrain_records(world: World, splits: Splits, rng: random.Random) -> Iterator[dict]:
@@ -360,5 +360,9 @@ def stage_files(world: World, seed: int) -> dict[str, dict[str, Iterable[dict]]]
         "tools": {
             "train": tool_records(world, splits, rng("tools"), "train"),
             "eval": tool_records(world, splits, rng("tools-eval"), "eval"),
+        },
+        "agent": {
+            "train": agent_records(world, splits, rng("agent"), "train"),
+            "eval": agent_records(world, splits, rng("tools-eval"), "eval"),
         },
     }

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from . import templates as T
 from .facts import (
+    AGENT_PROMPTS,
     LANGS,
     PASSKEY_EVAL_FILLER,
     PASSKEY_EVAL_PER_SPLIT,
@@ -169,3 +170,20 @@ def tool_records(world: World, splits: Splits, rng: random.Random, split: str) -
             "split": "tool_answer",
             "lang": item["lang"],
         }
+
+
+def agent_records(world: World, splits: Splits, rng: random.Random, split: str) -> Iterator[dict]:
+    """Tool questions as prompt-only RL rows for agentic RL: the system prompt with the tool schemas and the user's
+    question, the expected final answer in `gt` and the tool a right answer calls in `tool`.
+
+    Drawn as the tool dialogues are (`tool_dialogue`): `train` looks up the facts SFT taught, `eval` the facts it held
+    out. With the tools eval split's generator (`rng("tools-eval")`), `eval` asks exactly the questions of the tools
+    eval split, which `minimind_hf.eval_tools` scores.
+    """
+    tools = make_tools(world)
+    schemas = json.dumps(tool_schemas(tools), ensure_ascii=False)
+    for _ in range(AGENT_PROMPTS[split]):
+        item = tool_dialogue(world, splits, rng, schemas, tools, split)
+        record = {"conversations": [*item["conversations"][:2], _assistant("")], "gt": [item["answer"]]}
+        record.update({"task": "agent", "tool": item["tool"], "lang": item["lang"]})
+        yield record
