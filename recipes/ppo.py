@@ -37,7 +37,6 @@ The saved folder is the policy (`AutoModelForCausalLM`), with the value model in
         --config recipes/minimind2-small/ppo.yaml
 """
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -46,11 +45,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from minimind_hf.ppo import explained_variance, gae, last_token_rewards, masked_mean, policy_loss, value_loss, whiten
-from minimind_hf.trainers.rollout import RolloutTrainer
+from minimind_hf.trainers.rollout import RolloutConfig, RolloutTrainer
 from minimind_hf.training import (
     ModelArguments,
     RecipeError,
@@ -72,15 +71,13 @@ class PPODataArguments(GRPODataArguments):
 
 
 @dataclass
-class PPOConfig(TrainingArguments):
-    """The Trainer's arguments plus PPO's (defaults: upstream MiniMind HEAD's `train_ppo.py`).
-    `per_device_train_batch_size` is the minibatch: completions per update."""
+class PPOConfig(RolloutConfig):
+    """The rollout arguments (sampling, `beta`, `reward_weights`) plus PPO's (defaults: upstream MiniMind HEAD's
+    `train_ppo.py`). `per_device_train_batch_size` is the minibatch: completions per update."""
 
     rollout_batch_size: int = field(default=2, metadata={"help": "Prompts per rollout, one completion each."})
     num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout (upstream: ppo_update_iters)."})
     max_completion_length: int = field(default=1024, metadata={"help": "Most tokens generated per completion."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     beta: float = field(
         default=0.02,
         metadata={"help": "Weight of the k3 KL to the frozen start policy in the loss (upstream kl_coef)."},
@@ -103,25 +100,16 @@ class PPOConfig(TrainingArguments):
     value_learning_rate: float | None = field(
         default=None, metadata={"help": "The value model's learning rate (default: learning_rate)."}
     )
-    reward_weights: list[float] | None = field(
-        default=None, metadata={"help": "One weight per reward function (default: 1 each)."}
-    )
-    chat_template_kwargs: dict | str | None = field(
-        default=None, metadata={"help": "Chat template options for every prompt, e.g. `{enable_thinking: false}`."}
-    )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: rewards read the columns."})
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.chat_template_kwargs, str):
-            self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
         if self.rollout_batch_size % self.per_device_train_batch_size:
             raise RecipeError(
                 f"rollout_batch_size {self.rollout_batch_size} must be a multiple of per_device_train_batch_size "
                 f"{self.per_device_train_batch_size} (the minibatch)"
             )
-        if self.num_ppo_epochs < 1 or self.max_completion_length < 1 or not self.temperature > 0:
-            raise RecipeError("need num_ppo_epochs >= 1, max_completion_length >= 1 and temperature > 0")
+        if self.num_ppo_epochs < 1:
+            raise RecipeError("need num_ppo_epochs >= 1")
 
     @property
     def steps_per_rollout(self) -> int:

@@ -40,11 +40,10 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Sampler
-from transformers import TrainingArguments
 
 from minimind_hf.ppo import k3_kl, masked_mean
 from minimind_hf.spo import ValueTracker, policy_divergence
-from minimind_hf.trainers.rollout import RolloutTrainer
+from minimind_hf.trainers.rollout import RolloutConfig, RolloutTrainer
 from minimind_hf.training import (
     ModelArguments,
     RecipeError,
@@ -67,17 +66,11 @@ class SPODataArguments(GRPODataArguments):
 
 
 @dataclass
-class SPOConfig(TrainingArguments):
-    """The Trainer's arguments plus SPO's: sampling, the KL weight, the tracker's constants (the authors' defaults)
-    and how rewards are weighted and mapped to [0, 1]. `per_device_train_batch_size` counts prompts, one completion
+class SPOConfig(RolloutConfig):
+    """The rollout arguments (sampling, `beta`, `reward_weights`) plus SPO's: the tracker's constants (the authors'
+    defaults) and how rewards are mapped to [0, 1]. `per_device_train_batch_size` counts prompts, one completion
     each."""
 
-    max_completion_length: int = field(default=256, metadata={"help": "Most tokens generated per completion."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    beta: float = field(
-        default=0.0, metadata={"help": "Weight of the k3 KL to the frozen start model (0: no reference kept)."}
-    )
     d_half: float = field(
         default=0.06, metadata={"help": "Divergence at which half a tracker's evidence is forgotten."}
     )
@@ -89,24 +82,15 @@ class SPOConfig(TrainingArguments):
     )
     epsilon: float = field(default=0.05, metadata={"help": "Floor added to every prompt's sampling weight."})
     gamma: float = field(default=0.0, metadata={"help": "Exponent of the effective sample size in the weights."})
-    reward_weights: list[float] | None = field(
-        default=None, metadata={"help": "One weight per reward function (default: 1 each)."}
-    )
     reward_min: float = field(default=0.0, metadata={"help": "Weighted reward mapped to 0 for the tracker."})
     reward_max: float = field(default=1.0, metadata={"help": "Weighted reward mapped to 1 for the tracker."})
-    chat_template_kwargs: dict | str | None = field(
-        default=None, metadata={"help": "Chat template options for every prompt, e.g. `{enable_thinking: false}`."}
-    )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: rewards read the columns."})
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.chat_template_kwargs, str):
-            self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
         if not self.reward_max > self.reward_min:
             raise RecipeError(f"reward_min {self.reward_min} must be below reward_max {self.reward_max}")
-        if self.offline_samples < 0 or self.max_completion_length < 1 or not self.temperature > 0:
-            raise RecipeError("need offline_samples >= 0, max_completion_length >= 1 and temperature > 0")
+        if self.offline_samples < 0:
+            raise RecipeError("need offline_samples >= 0")
 
 
 def spo_loss(

@@ -7,7 +7,6 @@ import json
 import time
 
 import pytest
-import torch
 from transformers.utils import get_json_schema
 from trl import GRPOTrainer
 
@@ -18,7 +17,7 @@ from minimind_hf.rewards import get_reward_funcs
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.training import RecipeError
 from recipes import grpo
-from tests.utils import parse_shipped_yaml, shipped_yamls, tiny_model
+from tests.utils import memorised_replies, parse_shipped_yaml, shipped_yamls
 
 SYSTEM = "You can use tools to answer."
 QUESTION = "Please calculate 41 + 69."
@@ -89,25 +88,11 @@ def calculator_agent(tmp_path_factory):
         },
         {"role": "tool", "name": "calculator", "content": "110"},
     ]
-    pairs = []
-    for messages, reply in ((conversation, CALL), (after_call, FINAL)):
-        prompt = tokenizer.apply_chat_template(messages, tools=schema, add_generation_prompt=True, tokenize=False)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        reply_ids = tokenizer(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        pairs.append((torch.tensor([prompt_ids + reply_ids]), torch.tensor([[-100] * len(prompt_ids) + reply_ids])))
-    torch.manual_seed(0)
-    model = tiny_model("dense", vocab_size=len(tokenizer))
-    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small trains fastest on one thread
-    try:
-        for _ in range(150):
-            for inputs, labels in pairs:
-                model(input_ids=inputs, labels=labels).loss.backward()
-            optim.step()
-            optim.zero_grad()
-    finally:
-        torch.set_num_threads(threads)
+    examples = [
+        (tokenizer.apply_chat_template(messages, tools=schema, add_generation_prompt=True, tokenize=False), reply)
+        for messages, reply in ((conversation, CALL), (after_call, FINAL))
+    ]
+    model = memorised_replies(tokenizer, examples)
     out = tmp_path_factory.mktemp("agent") / "model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

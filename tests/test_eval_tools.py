@@ -7,7 +7,6 @@ import socket
 import time
 
 import pytest
-import torch
 
 from minimind_hf.curriculum import calculator, convert_units, tool_schemas
 from minimind_hf.eval_tools import (
@@ -26,7 +25,7 @@ from minimind_hf.eval_tools import (
     write_json,
 )
 from minimind_hf.tokenization import load_tokenizer
-from tests.utils import tiny_model
+from tests.utils import memorised_replies
 
 TOOLS = {"calculator": calculator, "convert_units": convert_units}
 SCHEMAS = tool_schemas({"calculator": calculator})  # the trained model sees one schema: a shorter prompt
@@ -297,29 +296,17 @@ def calculator_model():
     tokenizer = load_tokenizer()
     backend = Scripted(CALL, FINAL)
     run_agent(backend, [TASK], TOOLS)
-    pairs = []
-    for asked, reply in zip(backend.asked, (CALL, FINAL)):
-        prompt = tokenizer.apply_chat_template(
-            asked["conversations"][0], tools=SCHEMAS, add_generation_prompt=True, tokenize=False
+    examples = [
+        (
+            tokenizer.apply_chat_template(
+                asked["conversations"][0], tools=SCHEMAS, add_generation_prompt=True, tokenize=False
+            ),
+            reply,
         )
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        reply_ids = tokenizer(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        pairs.append((torch.tensor([prompt_ids + reply_ids]), torch.tensor([[-100] * len(prompt_ids) + reply_ids])))
-
-    model = tiny_model("dense", vocab_size=len(tokenizer))
-    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small trains fastest on one thread (2-core machines: ~7 s, not minutes)
-    try:
-        for _ in range(120):
-            for inputs, labels in pairs:
-                model(input_ids=inputs, labels=labels).loss.backward()
-            optim.step()
-            optim.zero_grad()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval(), tokenizer
+        for asked, reply in zip(backend.asked, (CALL, FINAL))
+    ]
+    model = memorised_replies(tokenizer, examples, steps=120)
+    return model, tokenizer
 
 
 def test_trained_model_calls_the_calculator_and_answers(calculator_model):

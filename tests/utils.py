@@ -46,6 +46,30 @@ def tiny_model(variant: str = "dense", seed: int = 0, **overrides) -> MiniMindFo
     return MiniMindForCausalLM(tiny_config(variant, **overrides)).eval()
 
 
+def memorised_replies(tokenizer, examples, steps: int = 150, lr: float = 3e-3) -> MiniMindForCausalLM:
+    """A tiny dense model trained for a few CPU seconds to answer each rendered prompt of `examples` (`(prompt text,
+    reply text)` pairs) with its reply and `<|im_end|>`, loss on the reply only; returned in eval mode. Trains on one
+    thread: a model this small trains fastest there, and in seconds rather than minutes on a busy 2-core machine."""
+    batches = []
+    for prompt, reply in examples:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        batches.append((torch.tensor([prompt_ids + reply_ids]), torch.tensor([[-100] * len(prompt_ids) + reply_ids])))
+    model = tiny_model("dense", vocab_size=len(tokenizer)).train()
+    optim = torch.optim.AdamW(model.parameters(), lr=lr)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(steps):
+            for inputs, labels in batches:
+                model(input_ids=inputs, labels=labels).loss.backward()
+            optim.step()
+            optim.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
 def pattern_tokens(length: int, seed: int = 0, vocab_size: int = 6400) -> torch.Tensor:
     """The repeating 16-token pattern `briefly_trained` teaches; a prefix of it is a prompt the model continues."""
     pattern = torch.randint(3, vocab_size, (16,), generator=torch.Generator().manual_seed(seed))

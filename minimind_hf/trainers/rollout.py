@@ -12,12 +12,15 @@ mean is logged as `rewards/<name>/mean` and the weighted sum's as `reward`.
 from __future__ import annotations
 
 import copy
+import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 from ..rl import call_rewards
+from ..training import RecipeError
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
@@ -29,10 +32,35 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | None) -> t
     return (before == 0).long()
 
 
+@dataclass
+class RolloutConfig(TrainingArguments):
+    """The Trainer's arguments plus what every rollout needs: sampling, the KL weight and the rewards' weights."""
+
+    max_completion_length: int = field(default=256, metadata={"help": "Most tokens generated per completion."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    beta: float = field(
+        default=0.0, metadata={"help": "Weight of the k3 KL to the frozen start policy (0: no reference kept)."}
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward function (default: 1 each)."}
+    )
+    chat_template_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Chat template options for every prompt, e.g. `{enable_thinking: false}`."}
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: rewards read the columns."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.chat_template_kwargs, str):
+            self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
+        if self.max_completion_length < 1 or not self.temperature > 0:
+            raise RecipeError("need max_completion_length >= 1 and temperature > 0")
+
+
 class RolloutTrainer(Trainer):
-    """`transformers.Trainer` plus rollouts: `args` needs `temperature`, `top_p`, `max_completion_length`, `beta`
-    (> 0 keeps a frozen copy of the start policy as `ref_model`) and `reward_weights`. Prompts are text
-    (`minimind_hf.rl.prepare_prompts(render=True)`)."""
+    """`transformers.Trainer` plus rollouts, with a [`RolloutConfig`] (`beta > 0` keeps a frozen copy of the start
+    policy as `ref_model`). Prompts are text (`minimind_hf.rl.prepare_prompts(render=True)`)."""
 
     def __init__(self, model, args, train_dataset, processing_class, reward_funcs, policy=None, **kwargs):
         super().__init__(
@@ -126,4 +154,4 @@ class RolloutTrainer(Trainer):
         super().log(logs, start_time)
 
 
-__all__ = ["RolloutTrainer", "completion_mask"]
+__all__ = ["RolloutConfig", "RolloutTrainer", "completion_mask"]
