@@ -349,8 +349,8 @@ def main(data_args: PPODataArguments, training_args: PPOConfig, model_args: Mode
         )
     if model_args.use_peft:
         raise RecipeError("use_peft: the PPO recipe trains the full policy and value model (LoRA is not wired in)")
-    if training_args.gradient_checkpointing:
-        raise RecipeError("gradient_checkpointing: not wired into the PPO recipe's policy-and-value module")
+    if training_args.activation_checkpointing:
+        raise RecipeError("activation_checkpointing: not wired into the PPO recipe's policy-and-value module")
     tokenizer = recipe_tokenizer(model_args)
     reward_funcs, train_dataset, _ = rewards_and_prompts(data_args, training_args, tokenizer, render=True)
     policy = build_model(model_args, tokenizer, seed=training_args.seed)
