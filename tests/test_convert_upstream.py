@@ -9,7 +9,13 @@ from transformers import AutoModelForCausalLM
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.converters import ConversionError
-from minimind_hf.converters.upstream import convert_upstream_folder, convert_upstream_pth, infer_config
+from minimind_hf.converters.common import load_state_dict
+from minimind_hf.converters.upstream import (
+    convert_upstream_folder,
+    convert_upstream_pth,
+    infer_config,
+    load_upstream_pth,
+)
 from tests.utils import tiny_config, tiny_model
 
 INFERRED_FIELDS = (
@@ -173,3 +179,29 @@ def test_bad_upstream_input(tmp_path):
     with pytest.raises(ConversionError, match="entry 'config'"):
         convert_upstream_pth(tmp_path / "odd.pth", tmp_path / "out", tokenizer=tokenizer)
     assert not (tmp_path / "out").exists()
+
+
+class _Payload:
+    """A pickled object that would write a file when unpickled: what a crafted checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_object_in_a_checkpoint_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    crafted = {"model.embed_tokens.weight": torch.zeros(2, 2), "payload": _Payload(marker)}
+    torch.save(crafted, tmp_path / "full_sft_512.pth")
+    with pytest.raises(ConversionError, match=r"full_sft_512\.pth is not a weights-only PyTorch state dict"):
+        load_upstream_pth(tmp_path / "full_sft_512.pth")
+    (tmp_path / "folder").mkdir()
+    torch.save(crafted, tmp_path / "folder" / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match=r"pytorch_model\.bin is not a weights-only PyTorch state dict"):
+        load_state_dict(tmp_path / "folder")
+    assert not marker.exists()
+    # the same file without the object loads
+    torch.save({"model.embed_tokens.weight": torch.zeros(2, 2)}, tmp_path / "plain.pth")
+    assert set(load_upstream_pth(tmp_path / "plain.pth")) == {"model.embed_tokens.weight"}

@@ -67,7 +67,12 @@ def load_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").is_file():
         return load_file(folder / "model.safetensors")
     if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        try:
+            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as error:  # a pickled object (code to run) is refused by weights_only, never executed
+            raise ConversionError(
+                f"weights: {folder / 'pytorch_model.bin'} is not a weights-only PyTorch state dict ({error})"
+            ) from error
     raise ConversionError(f"weights: no model.safetensors, safetensors index or pytorch_model.bin in {folder}")
 
 
