@@ -26,6 +26,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     PreTrainedModel,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -84,6 +85,14 @@ class ModelArguments(ModelConfig):
         metadata={"help": "Updates are scaled by lora_alpha / lora_r; 8 / 8 = 1 is upstream's unscaled LoRA."},
     )
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input (upstream: none)."})
+    nonfinite: str = field(
+        default="stop",
+        metadata={
+            "help": "An optimiser step whose gradients hold NaN or inf: `stop` the run before the weights change "
+            "(the last checkpoint stays good), or `skip` the step and go on.",
+            "choices": ["stop", "skip"],
+        },
+    )
     lora_target_modules: list[str] | None = field(
         default_factory=lambda: list(DEFAULT_TARGET_MODULES),
         metadata={
@@ -321,6 +330,46 @@ def plot_loss_curve(log_history: list[dict], path: str | os.PathLike) -> Path | 
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Checks every optimiser step's gradients (after clipping, before the update) for NaN or inf: a non-finite loss
+    or gradient. `stop` raises `FloatingPointError` naming the step and the first bad parameter before the weights
+    change, so no checkpoint is ever written from poisoned weights; `skip` drops the step's gradients (the optimiser
+    then leaves every parameter as it was), counts it and goes on, logging `nonfinite_skipped`."""
+
+    def __init__(self, mode: str = "stop"):
+        if mode not in ("stop", "skip"):
+            raise RecipeError(f"nonfinite: {mode!r} is neither `stop` nor `skip`")
+        self.mode, self.skipped = mode, 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        bad = next(
+            (n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()), None
+        )
+        if bad is None:
+            return
+        step = state.global_step + 1
+        if self.mode == "stop":
+            last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+            raise FloatingPointError(
+                f"step {step}: the gradient of {bad} is not finite (a NaN or inf loss or gradient); training stopped "
+                f"before this update, so the weights{f' and {last}' if last else ''} are untouched. Lower the "
+                "learning rate, check the data, or pass `--nonfinite skip` to skip such steps"
+            )
+        for parameter in model.parameters():
+            parameter.grad = None
+        self.skipped += 1
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.skipped and state.log_history:
+            state.log_history[-1]["nonfinite_skipped"] = self.skipped
+
+
+def train(trainer, resume_from: str | None, model_args: ModelArguments):
+    """`trainer.train` with the [`NonFiniteGuard`] of `model_args.nonfinite`."""
+    trainer.add_callback(NonFiniteGuard(model_args.nonfinite))
+    return trainer.train(resume_from_checkpoint=resume_from)
 
 
 def finish_run(trainer) -> dict:

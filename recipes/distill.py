@@ -32,6 +32,7 @@ from minimind_hf.training import (
     end_distributed,
     finish_run,
     recipe_tokenizer,
+    train,
 )
 
 
@@ -77,7 +78,7 @@ def main(data_args: DistillDataArguments, training_args: LogitDistillationConfig
             processing_class=tokenizer,
             peft_config=lora_config(model_args, model),
         )
-        trainer.train(resume_from_checkpoint=resume_from)
+        train(trainer, resume_from, model_args)
     return finish_run(trainer)
 
 

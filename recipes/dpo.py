@@ -29,6 +29,7 @@ from minimind_hf.training import (
     end_distributed,
     finish_run,
     recipe_tokenizer,
+    train,
 )
 
 
@@ -67,7 +68,7 @@ def main(data_args: DPODataArguments, training_args: DPOConfig, model_args: Mode
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=resume_from)
+    train(trainer, resume_from, model_args)
     return finish_run(trainer)
 
 

@@ -48,6 +48,7 @@ from minimind_hf.training import (
     end_distributed,
     finish_run,
     recipe_tokenizer,
+    train,
 )
 
 
@@ -187,7 +188,7 @@ def main(data_args: GRPODataArguments, training_args: GRPOConfig, model_args: Mo
         peft_config=lora_config(model_args, model),
         tools=tools,
     )
-    trainer.train(resume_from_checkpoint=resume_from)
+    train(trainer, resume_from, model_args)
     return finish_run(trainer)
 
 

@@ -33,6 +33,7 @@ from minimind_hf.training import (
     end_distributed,
     finish_run,
     recipe_tokenizer,
+    train,
 )
 
 
@@ -112,7 +113,7 @@ def main(data_args: LoraDataArguments, training_args: SFTConfig, model_args: Lor
             peft_config=peft_config,
         )
         trainable, total = count_parameters(trainer.model)
-        trainer.train(resume_from_checkpoint=resume_from)
+        train(trainer, resume_from, model_args)
     metrics = {**finish_run(trainer), "trainable_params": trainable, "total_params": total}
     trainer.save_metrics("train", metrics, combined=False)
     return metrics

@@ -59,6 +59,7 @@ from minimind_hf.training import (
     end_distributed,
     finish_run,
     recipe_tokenizer,
+    train,
 )
 from recipes.grpo import GRPODataArguments, rewards_and_prompts
 
@@ -369,7 +370,7 @@ def main(data_args: PPODataArguments, training_args: PPOConfig, model_args: Mode
         processing_class=tokenizer,
         reward_funcs=reward_funcs,
     )
-    trainer.train(resume_from_checkpoint=resume_from)
+    train(trainer, resume_from, model_args)
     return finish_run(trainer)
 
 

@@ -29,6 +29,7 @@ from minimind_hf.training import (
     end_distributed,
     finish_run,
     recipe_tokenizer,
+    train,
 )
 
 
@@ -72,7 +73,7 @@ def main(data_args: PretrainDataArguments, training_args: SFTConfig, model_args:
         processing_class=tokenizer,
         peft_config=lora_config(model_args, model),
     )
-    trainer.train(resume_from_checkpoint=resume_from)
+    train(trainer, resume_from, model_args)
     return finish_run(trainer)
 
 

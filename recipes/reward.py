@@ -35,6 +35,7 @@ from minimind_hf.training import (
     end_distributed,
     finish_run,
     recipe_tokenizer,
+    train,
     write_json,
 )
 
@@ -80,7 +81,7 @@ def main(data_args: RewardDataArguments, training_args: RewardConfig, model_args
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
-    trainer.train(resume_from_checkpoint=resume_from)
+    train(trainer, resume_from, model_args)
     metrics = finish_run(trainer)
     if eval_files and trainer.is_world_process_zero():
         # The saved folder as GRPO sees it: loaded back through AutoModelForSequenceClassification, scored as a reward.

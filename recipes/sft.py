@@ -31,6 +31,7 @@ from minimind_hf.training import (
     end_distributed,
     finish_run,
     recipe_tokenizer,
+    train,
 )
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
         if replay is not None:  # beside TRL's tokenized dialogues; the Trainer's sampler shuffles them together
             chat = trainer.train_dataset.select_columns(["input_ids", "labels"])
             trainer.train_dataset = concatenate_datasets([chat, replay.cast(chat.features)])
-        trainer.train(resume_from_checkpoint=resume_from)
+        train(trainer, resume_from, model_args)
     return finish_run(trainer)
 
 

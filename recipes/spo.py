@@ -53,6 +53,7 @@ from minimind_hf.training import (
     end_distributed,
     finish_run,
     recipe_tokenizer,
+    train,
     write_json,
 )
 from recipes.grpo import GRPODataArguments, rewards_and_prompts
@@ -281,7 +282,7 @@ def main(data_args: SPODataArguments, training_args: SPOConfig, model_args: Mode
         trainer.tracker.load_state_dict(json.loads((Path(resume_from) / TRACKER_FILE).read_text()))
     else:
         trainer.initialize_tracker(trainer.model)
-    trainer.train(resume_from_checkpoint=resume_from)
+    train(trainer, resume_from, model_args)
     return finish_run(trainer)
 
 

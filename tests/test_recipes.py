@@ -409,3 +409,22 @@ def test_every_recipe_runs_as_a_module_from_any_folder():
     )
     run = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_a_non_finite_gradient_stops_the_run_before_the_update_or_is_skipped(small_data, tmp_path):
+    from safetensors.torch import load_file
+
+    # lr 1e30: the first update sends the weights to ~1e30, so the second step's loss and gradients overflow to NaN
+    extra = ["--learning_rate", "1e30", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "1"]
+    with pytest.raises(FloatingPointError, match=r"step 2: the gradient of model\.\S+ is not finite.*checkpoint-1"):
+        run("pretrain", pretrain_argv(small_data, tmp_path / "stop", *extra))
+    saved = sorted(p.name for p in (tmp_path / "stop").glob("checkpoint-*"))
+    assert saved == ["checkpoint-1"]  # nothing written from the poisoned step
+    first = load_file(tmp_path / "stop" / "checkpoint-1" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in first.values())
+
+    run("pretrain", pretrain_argv(small_data, tmp_path / "skip", *extra, "--nonfinite", "skip"))
+    history = log_history(tmp_path / "skip")
+    assert max(e.get("nonfinite_skipped", 0) for e in history) == 3  # steps 2-4
+    last = load_file(tmp_path / "skip" / "model.safetensors")
+    assert all(torch.equal(last[k], first[k]) for k in first)  # skipped steps left every weight as it was
