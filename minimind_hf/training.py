@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors import safe_open
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -271,23 +272,69 @@ def build_model(
     return model
 
 
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why a `checkpoint-*` folder cannot be resumed from (a kill or a full disk during its write), or None.
+
+    The Trainer writes `trainer_state.json` last, so a checkpoint without a readable one is incomplete; every
+    safetensors file in it (the model, an adapter, PPO's value model) must open with a header that covers the file.
+    """
+    folder = Path(folder)
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json: its write did not finish"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"trainer_state.json does not parse ({error})"
+    weights = sorted(folder.rglob("*.safetensors"))
+    if not weights and not (folder / "pytorch_model.bin").is_file():
+        return "no model weights"
+    for path in weights:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as error:  # safetensors raises its own error type for any damage
+            return f"{path.relative_to(folder)} is damaged ({error})"
+    return None
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The `checkpoint-<step>` folders of `output_dir`, newest step first."""
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True)
+
+
 def check_output_dir(training_args) -> str | None:
     """The checkpoint to resume from, or None. A folder that already holds `checkpoint-*` folders is refused unless
-    the run resumes from them, so an earlier run's checkpoints are never silently mixed with a new one's."""
+    the run resumes from them, so an earlier run's checkpoints are never silently mixed with a new one's.
+
+    `resume_from_checkpoint: true` takes the newest checkpoint that is complete ([`checkpoint_problem`]): a damaged
+    newer one is named on stderr and passed over; a named checkpoint that is damaged stops the run."""
     output_dir = Path(training_args.output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    checkpoints = _checkpoints(output_dir) if output_dir.is_dir() else []
     resume = training_args.resume_from_checkpoint
     if resume in (True, "true", "True", "last"):
-        if last is None:
+        if not checkpoints:
             raise RecipeError(f"resume_from_checkpoint: no checkpoint-* folder in {output_dir}")
-        return last
+        problems = []
+        for checkpoint in checkpoints:
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                for damaged in problems:
+                    print(f"resume_from_checkpoint: skipping {damaged}", file=sys.stderr)
+                return str(checkpoint)
+            problems.append(f"{checkpoint}: {problem}")
+        raise RecipeError("resume_from_checkpoint: no complete checkpoint: " + "; ".join(problems))
     if resume:
         if not Path(resume).is_dir():
             raise RecipeError(f"resume_from_checkpoint: {resume} does not exist")
+        problem = checkpoint_problem(resume)
+        if problem is not None:
+            raise RecipeError(f"resume_from_checkpoint: {resume}: {problem}")
         return resume
-    if last is not None:
+    if checkpoints:
         raise RecipeError(
-            f"output_dir: {output_dir} already holds {Path(last).name}; pass `--resume_from_checkpoint true` to "
+            f"output_dir: {output_dir} already holds {checkpoints[0].name}; pass `--resume_from_checkpoint true` to "
             "continue that run, or choose another folder"
         )
     return None

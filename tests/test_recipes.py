@@ -284,6 +284,37 @@ def test_resume_after_an_interruption_is_exact(small_data, tmp_path):
         torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
+def test_resume_passes_over_a_damaged_newest_checkpoint_and_names_it(small_data, tmp_path, capsys):
+    """A kill during a checkpoint write leaves it without trainer_state.json (written last) or with truncated
+    weights: resuming takes the newest complete checkpoint, says which it passed over, and ends where an
+    uninterrupted run does."""
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    argv = [*pretrain_argv(small_data, straight, "--save_strategy", "steps", "--save_steps", "2"), "--max_steps", "6"]
+    run("pretrain", argv)
+    cut.mkdir()
+    for step in (2, 4, 6):
+        shutil.copytree(straight / f"checkpoint-{step}", cut / f"checkpoint-{step}")
+    (cut / "checkpoint-6" / "trainer_state.json").unlink()  # killed before the state was written
+    weights = cut / "checkpoint-4" / "model.safetensors"
+    with open(weights, "r+b") as handle:  # and a truncated model in the one before
+        handle.truncate(weights.stat().st_size // 2)
+    resume = [*pretrain_argv(small_data, cut, "--save_strategy", "no"), "--max_steps", "6", "--resume_from_checkpoint"]
+    with pytest.raises(RecipeError, match=r"checkpoint-4: model\.safetensors is damaged"):
+        run("pretrain", [*resume, str(cut / "checkpoint-4")])
+    run("pretrain", [*resume, "true"])
+    err = capsys.readouterr().err
+    assert (
+        "skipping" in err and "checkpoint-6: no trainer_state.json" in err and "checkpoint-4: model.safetensors" in err
+    )
+    assert [e["step"] for e in log_history(cut) if "loss" in e][-4:] == [3, 4, 5, 6]  # resumed from checkpoint-2
+    assert logged_losses(cut)[-4:] == pytest.approx(logged_losses(straight)[-4:], rel=1e-6)
+    for step in (4, 6):
+        shutil.rmtree(cut / f"checkpoint-{step}")
+    (cut / "checkpoint-2" / "trainer_state.json").write_text("{")
+    with pytest.raises(RecipeError, match="no complete checkpoint.*trainer_state.json does not parse"):
+        run("pretrain", [*resume, "true"])
+
+
 def test_tensorboard_reporting_writes_events(small_data, tmp_path):
     out = tmp_path / "tb"
     run("pretrain", [*pretrain_argv(small_data, out, "--max_steps", "2"), "--report_to", "tensorboard"])
