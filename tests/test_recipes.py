@@ -315,6 +315,40 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_and_names_it(small_data,
         run("pretrain", [*resume, "true"])
 
 
+def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(small_data, tmp_path):
+    """SIGKILL a pretraining process at a random moment after its step-4 checkpoint (possibly in the middle of a
+    later checkpoint's write), resume with `--resume_from_checkpoint true`: the final weights equal an uninterrupted
+    run's (same tolerance as the copied-checkpoint test: float32 sums in another order)."""
+    import os
+    import random
+    import signal
+    import time
+
+    steps = ["--max_steps", "120", "--save_strategy", "steps", "--save_steps", "2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run("pretrain", [*pretrain_argv(small_data, straight), *steps])
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same float sums as in process
+    process = subprocess.Popen(
+        [sys.executable, "recipes/pretrain.py", *pretrain_argv(small_data, killed), *steps],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (killed / "checkpoint-4" / "trainer_state.json").is_file():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(random.Random().uniform(0.0, 0.3))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    done = sorted(int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*"))
+    assert 4 <= max(done) < 120, done  # killed mid-run
+    run("pretrain", [*pretrain_argv(small_data, killed), *steps, "--resume_from_checkpoint", "true"])
+    resumed, uninterrupted = load_file(killed / "model.safetensors"), load_file(straight / "model.safetensors")
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_tensorboard_reporting_writes_events(small_data, tmp_path):
     out = tmp_path / "tb"
     run("pretrain", [*pretrain_argv(small_data, out, "--max_steps", "2"), "--report_to", "tensorboard"])
