@@ -1,4 +1,4 @@
-"""GRPO, CISPO, PPO and the reward model each do their job on the embedded curriculum, from a tiny SFT model (CPU, slow).
+"""GRPO, CISPO, PPO, SPO and the reward model each do their job on the embedded curriculum, from a tiny SFT model (CPU, slow).
 
 The SFT base is the quickstart's: `recipes/tiny/pretrain.yaml` then `recipes/tiny/sft.yaml` (about 9 minutes on 2
 CPU cores), built once per session; set `MINIMIND_HF_SFT_BASE` to an SFT folder of the same curriculum seed (e.g.
@@ -14,9 +14,9 @@ SFT held out, held-out questions about people no chat stage mentions, never trai
 (`minimind_hf.rl.reward_report`) scores the held-out prompts greedy and sampled at the training temperature on three
 seeds. Every test prints its measurements (`-s` shows them):
 
-- GRPO, CISPO and PPO (recipes/ppo.py, ours): the sampled mean exact-answer reward rises over the SFT start by more than the start's spread
-  across the three seeds (max - min), the greedy reward does not fall, and the final KL to the reference stays
-  below `KL_BOUND`;
+- GRPO, CISPO, PPO and SPO (recipes/ppo.py and recipes/spo.py, ours): the sampled mean exact-answer reward rises
+  over the SFT start by more than the start's spread across the three seeds (max - min), the greedy reward does not
+  fall, and the final KL to the reference stays below `KL_BOUND`;
 - the reward model ranks the held-out chosen answer above the rejected one on >= 80% of pairs;
 - GRPO on the reward model's score beside the exact-answer reward (`grpo.yaml` with `--reward_funcs exact_answer
   <reward folder> --reward_weights 1.0 0.3`): the reward model's sampled mean score on the held-out prompts rises by
@@ -37,7 +37,7 @@ from minimind_hf.data import load_rl_dataset
 from minimind_hf.rewards import get_reward_funcs
 from minimind_hf.rl import reward_report
 from minimind_hf.tokenization import load_tokenizer
-from recipes import grpo, ppo, reward
+from recipes import grpo, ppo, reward, spo
 from tests.utils import build_sft_base
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,9 @@ def summary(result: dict, name: str) -> dict:
     return {"greedy": round(result["greedy"][name], 4), **{k: round(sampled[k], 4) for k in ("mean", "min", "max")}}
 
 
-@pytest.mark.parametrize(("recipe", "config"), [(grpo, "grpo.yaml"), (grpo, "cispo.yaml"), (ppo, "ppo.yaml")])
+@pytest.mark.parametrize(
+    ("recipe", "config"), [(grpo, "grpo.yaml"), (grpo, "cispo.yaml"), (ppo, "ppo.yaml"), (spo, "spo.yaml")]
+)
 def test_rl_raises_heldout_exact_answer_reward(
     recipe, config, sft_base, heldout, exact, temperature, start_report, tmp_path
 ):
