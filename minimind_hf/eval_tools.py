@@ -29,7 +29,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -44,6 +43,7 @@ from .curriculum.evaluation import make_generate_fn, score_short_answer, score_t
 from .data import conversation_to_messages
 from .rewards import _TOOL_CALL_BLOCK
 from .rewards import tool_calls as parse_calls
+from .training import write_json
 
 METRICS = ("called", "right_tool", "valid_arguments", "success", "rounds")
 TOOL_NAMES = ("calculator", "convert_units", "lookup")
@@ -328,21 +328,6 @@ def format_table(report: dict) -> str:
             cells = [f"{v['mean']:.2f} [{v['min']:.2f}, {v['max']:.2f}]" for v in (metrics[m] for m in METRICS)]
             row(run, group, report["greedy"][group]["n"], cells)
     return "\n".join(lines)
-
-
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Writes `data` as JSON to a temporary file beside `path`, then renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, ensure_ascii=False)
-            out.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class LocalBackend:

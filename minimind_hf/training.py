@@ -31,7 +31,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, TrlParser, get_quantization_config
 
 from .configuration_minimind import PRESETS, MiniMindConfig
@@ -341,11 +340,17 @@ def check_output_dir(training_args) -> str | None:
 
 
 def write_json(path: str | os.PathLike, data, indent: int = 2) -> Path:
-    """Writes `data` as UTF-8 JSON to a temporary name beside `path`, then renames it: a reader never sees half a file."""
+    """Writes `data` as UTF-8 JSON to a temporary name beside `path` (its folder made if missing), then renames it: a
+    reader never sees half a file, and a failed write leaves no temporary file behind."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=indent), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=indent), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -398,7 +403,8 @@ class NonFiniteGuard(TrainerCallback):
             return
         step = state.global_step + 1
         if self.mode == "stop":
-            last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+            saved = _checkpoints(Path(args.output_dir)) if Path(args.output_dir).is_dir() else []
+            last = saved[0] if saved else None
             raise FloatingPointError(
                 f"step {step}: the gradient of {bad} is not finite (a NaN or inf loss or gradient); training stopped "
                 f"before this update, so the weights{f' and {last}' if last else ''} are untouched. Lower the "

@@ -37,7 +37,6 @@ The saved folder is the policy (`AutoModelForCausalLM`), with the value model in
         --config recipes/minimind2-small/ppo.yaml
 """
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,11 +207,6 @@ class PPOTrainer(RolloutTrainer):
 
     # -- rollout -----------------------------------------------------------------------------------------------
 
-    def _completion_logps(self, logits: torch.Tensor, input_ids: torch.Tensor, width: int) -> torch.Tensor:
-        logits = logits[:, width - 1 : -1].float() / self.args.temperature
-        targets = input_ids[:, width:]
-        return torch.gather(torch.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
-
     def _rollout(self, net: PolicyAndValue, ids: list[int]) -> dict:
         """Sample, score and evaluate one rollout: the inputs, masks, old log-probs, reference log-probs, values,
         advantages and returns of its completions."""
@@ -295,9 +289,7 @@ class PPOTrainer(RolloutTrainer):
             metrics["approx_kl"].append(p_stats["approx_kl"])
             return torch.zeros((), device=self.args.device)
         v_loss, v_stats = value_loss(values, b["values"][rows], b["returns"][rows], mask, self.args.cliprange_value)
-        loss = p_loss + self.args.vf_coef * v_loss
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"PPO: non-finite loss at step {self.state.global_step + 1}")
+        loss = p_loss + self.args.vf_coef * v_loss  # a non-finite loss: training.NonFiniteGuard stops or skips
         metrics["early_stopped"].append(0.0)
         metrics["policy_loss"].append(p_loss.item())
         metrics["value_loss"].append(v_loss.item())

@@ -125,11 +125,14 @@ class RolloutTrainer(Trainer):
         """Log-probs of each completion's tokens after its prompt (tempered logits): `(logp, mask)`, both
         `(batch, tokens)`; mask is 1 on each completion's own tokens."""
         inputs, width = self._model_inputs(prompt_ids, completions)
-        logits = model(**inputs).logits
-        logits = logits[:, width - 1 : -1].float() / self.args.temperature
-        targets = inputs["input_ids"][:, width:]
-        logp = torch.gather(torch.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
+        logp = self._completion_logps(model(**inputs).logits, inputs["input_ids"], width)
         return logp, inputs["attention_mask"][:, width:]
+
+    def _completion_logps(self, logits: torch.Tensor, input_ids: torch.Tensor, width: int) -> torch.Tensor:
+        """Log-probs of the tokens after position `width` (the completions) under `logits` divided by `temperature`."""
+        logits = logits[:, width - 1 : -1].float() / self.args.temperature
+        targets = input_ids[:, width:]
+        return torch.gather(torch.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
 
     def _weighted_rewards(self, rows: list[dict], completion_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The weighted reward of each completion (float64, on the CPU); per-function means logged."""
