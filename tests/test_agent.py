@@ -16,7 +16,7 @@ from minimind_hf.eval_tools import time_limited
 from minimind_hf.rewards import get_reward_funcs
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.training import RecipeError
-from recipes import grpo
+from recipes import grpo, sft
 from tests.utils import memorised_replies, parse_shipped_yaml, shipped_yamls
 
 SYSTEM = "You can use tools to answer."
@@ -32,6 +32,13 @@ def test_every_agent_yaml_parses(path):
     assert training_args.max_tool_calling_iterations >= 1 and model_args.model_name_or_path
     get_reward_funcs(data_args.reward_funcs)
     assert len(grpo.build_tools(data_args)) == 3
+
+
+@pytest.mark.parametrize("path", shipped_yamls({"sft_tools"}))
+def test_every_tool_sft_yaml_parses(path):
+    raw, (data_args, training_args, model_args) = parse_shipped_yaml(path, sft)
+    assert data_args.curriculum_stage == "tools" and training_args.assistant_only_loss
+    assert training_args.output_dir == raw["output_dir"] and model_args.model_name_or_path
 
 
 def slow_tool(seconds: float) -> str:
