@@ -261,7 +261,10 @@ def test_chat_in_chromium(webchat_page, browser, tmp_path):
     wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "textarea").is_displayed(), what="the chat to load")
     settings = browser.find_element(By.XPATH, "//button[.//*[normalize-space()='Settings']] | //*[text()='Settings']")
     settings.click()
-    browser.find_element(By.CSS_SELECTOR, "[data-testid=on-radio-label]").click()
+    # The accordion renders its content after the click: wait for the switch rather than find it at once.
+    on = By.CSS_SELECTOR, "[data-testid=on-radio-label]"
+    wait_for(lambda: browser.find_element(*on).is_displayed(), 10, "the settings to open")
+    browser.find_element(*on).click()
 
     # Thinking on: the tiny model does not close the think block, so the whole reply is reasoning.
     first = [{"role": "user", "content": "你好"}]
