@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-from .curriculum.evaluation import make_generate_fn, score_short_answer, score_tool_call
 from .data import conversation_to_messages
+from .evaluation import make_generate_fn, score_short_answer, score_tool_call
 from .rewards import _TOOL_CALL_BLOCK
 from .rewards import tool_calls as parse_calls
 from .training import write_json

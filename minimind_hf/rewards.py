@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from trl.rewards import get_repetition_penalty_reward
 
-from .curriculum.evaluation import extract_answer, final_span_match, parse_tool_calls
+from .evaluation import extract_answer, final_span_match, parse_tool_calls
 
 # What the trainer passes besides the dataset's columns: never a dataset column a recipe must provide.
 TRAINER_INPUTS = frozenset(
@@ -100,9 +100,9 @@ def exact_answer(completions: list, gt: list[list[str]], prompts: list | None = 
     """1.0 when the completion's answer matches any of the row's expected answers (`gt`), 0.0 when it matches none,
     `None` for a row without expected answers.
 
-    The answer is the curriculum's ([`minimind_hf.curriculum.evaluation.extract_answer`] on [`assistant_turn`]):
+    The answer is the curriculum's ([`minimind_hf.evaluation.extract_answer`] on [`assistant_turn`]):
     think blocks dropped, the last `<answer>` block when there is one. It matches by the final-span rule
-    ([`~minimind_hf.curriculum.evaluation.final_span_match`]: normalised text equal to the answer or ending with it
+    ([`~minimind_hf.evaluation.final_span_match`]: normalised text equal to the answer or ending with it
     at a word boundary, so "7 + 5 = 12." matches "12" and "-12" or "2.12" do not; Chinese answers need no boundary).
     """
     rewards = []
@@ -154,7 +154,7 @@ def _structured_call(call) -> dict | None:
 def tool_calls(completion: str | list[dict]) -> list[dict | None]:
     """Every tool call of a completion in order: each `<tool_call>` block of its text and each `tool_calls` entry of
     its assistant messages, as `{"name", "arguments"}`, or `None` where it does not parse
-    ([`~minimind_hf.curriculum.evaluation.parse_tool_calls`]' rule: a JSON object with a string `name` and
+    ([`~minimind_hf.evaluation.parse_tool_calls`]' rule: a JSON object with a string `name` and
     `arguments` an object or a JSON string of one) or is cut off before `</tool_call>`."""
     messages = [{"content": completion}] if isinstance(completion, str) else _assistant_messages(completion or [])
     calls = []

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .curriculum.evaluation import make_generate_fn
+from .evaluation import make_generate_fn
 
 
 def _thinking(index: int, ratio: float, seed: int) -> bool:

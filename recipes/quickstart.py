@@ -24,11 +24,13 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from minimind_hf.curriculum import (
-    ensure_curriculum,
+from minimind_hf.curriculum import ensure_curriculum
+from minimind_hf.evaluation import (
     evaluate_with_breakdown,
     faq_probe_records,
+    language_model_scores,
     load_eval_records,
+    load_texts,
     make_generate_fn,
     score,
 )
@@ -97,16 +99,24 @@ def check_cached_decoding(model, tokenizer) -> None:
 
 
 def run_pipeline(
-    args: QuickstartArguments, out: Path, extra: list[str], records: list[dict], cloze: list[dict], say=print
+    args: QuickstartArguments,
+    out: Path,
+    extra: list[str],
+    records: list[dict],
+    cloze: list[dict],
+    texts: list[str],
+    say=print,
 ) -> dict:
-    """Pretrain (then cloze recall of `cloze` and the Q/A-page probe of `records`), SFT, then greedy evaluation of
-    `records` and the sample answers: the metrics of one run."""
+    """Pretrain (then bits per byte on the held-out `texts`, cloze recall of `cloze` and the Q/A-page probe of
+    `records`), SFT (then bits per byte again), then greedy evaluation of `records` and the sample answers: the metrics
+    of one run."""
     extra = ["--curriculum_seed", str(args.curriculum_seed), *extra]
     say("== 1/3 pretraining the tiny model on the curriculum prose")
     tokenizer = ["--tokenizer_name_or_path", args.tokenizer_name_or_path] if args.tokenizer_name_or_path else []
     metrics = {"pretrain": run_stage(pretrain, args.pretrain_config, out / "pretrain", [*extra, *tokenizer])}
     pretrained = AutoModelForCausalLM.from_pretrained(out / "pretrain").eval()
     pretrained_tokenizer = load_tokenizer(out / "pretrain")
+    metrics["text"] = {"pretrain": language_model_scores(pretrained, pretrained_tokenizer, texts)}
     complete = make_generate_fn(pretrained, pretrained_tokenizer, batch_size=args.eval_batch_size, max_new_tokens=16)
     metrics["cloze"], metrics["cloze_breakdown"] = evaluate_with_breakdown(cloze, complete)
     # the same held-out questions as chat QA, as the pretraining corpus's Q/A pages write them: what SFT starts from
@@ -121,6 +131,7 @@ def run_pipeline(
     model = AutoModelForCausalLM.from_pretrained(out / "sft").eval()
     tokenizer = load_tokenizer(out / "sft")
     check_cached_decoding(model, tokenizer)
+    metrics["text"]["sft"] = language_model_scores(model, tokenizer, texts)
     generate = make_generate_fn(model, tokenizer, batch_size=args.eval_batch_size, max_new_tokens=32)
     metrics["eval"], metrics["eval_breakdown"] = evaluate_with_breakdown(records, generate)
 
@@ -145,13 +156,14 @@ def run_pipeline(
     return metrics
 
 
-def dry_run(args: QuickstartArguments, out: Path, records: list[dict], cloze: list[dict]) -> None:
+def dry_run(args: QuickstartArguments, out: Path, records: list[dict], cloze: list[dict], texts: list[str]) -> None:
     """Every step of the run in seconds before minutes of training: one pretraining step and one SFT step, saving and
     reloading, cached decoding against a full forward, a left-padded evaluation batch with one question per split and
     language, and the report. A broken environment (a new transformers, say) fails here, not after training."""
     dry = out / "dry_run"
     shutil.rmtree(dry, ignore_errors=True)
     one_each = [list({(r["split"], r["lang"]): r for r in split}.values()) for split in (records, cloze)]
+    one_each.append(texts[:2])
     quiet = ["--max_steps", "1", "--logging_steps", "1", "--disable_tqdm", "true"]
     with contextlib.redirect_stdout(io.StringIO()):
         metrics = run_pipeline(args, dry, quiet, *one_each, say=lambda _: None)
@@ -169,12 +181,13 @@ def main(args: QuickstartArguments) -> dict:
     paths = ensure_curriculum(seed=args.curriculum_seed)
     records = load_eval_records(paths["sft"]["eval"])
     cloze = load_eval_records(paths["pretrain"]["eval"])
+    texts = load_texts(paths["pretrain"]["heldout"])
 
     print("== 0/3 dry run: every step once on an untrained model", flush=True)
     dry_start = time.time()
-    dry_run(args, out, records, cloze)
+    dry_run(args, out, records, cloze, texts)
     print(f"   ok in {time.time() - dry_start:.0f} s", flush=True)
-    metrics = run_pipeline(args, out, [], records, cloze, say=lambda line: print(line, flush=True))
+    metrics = run_pipeline(args, out, [], records, cloze, texts, say=lambda line: print(line, flush=True))
     metrics["curriculum_seed"] = args.curriculum_seed
     metrics["wall_time_s"] = round(time.time() - start, 1)
 
@@ -198,6 +211,14 @@ def report(metrics: dict, out: Path) -> None:
             f"{stage:<10}{m['first_loss']:>11.3f}{m['last_loss']:>11.3f}{m['tokens']:>10}"
             f"{m['tokens_per_s'] or 0:>9.0f}{m['runtime_s']:>9.1f}"
         )
+    text = metrics["text"]
+    print(
+        f"\nheld-out text ({text['pretrain']['documents']} documents, {text['pretrain']['bytes']} bytes): "
+        + ", ".join(
+            f"{stage} {text[stage]['bits_per_byte']:.3f} bits per byte (perplexity {text[stage]['perplexity']:.2f})"
+            for stage in ("pretrain", "sft")
+        )
+    )
     columns = ("cloze", "faq", "eval")
     print(f"\nheld-out exact match:{'':<11}{'pretrained: cloze':>19}{'Q/A page':>10}{'SFT: chat QA':>16}")
     for split in sorted(set().union(*(metrics[c] for c in columns))):

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from trl import RewardConfig, RewardTrainer
 
-from minimind_hf.curriculum.evaluation import load_eval_records
 from minimind_hf.data import dpo_record_to_columns, load_dpo_dataset
+from minimind_hf.evaluation import load_eval_records
 from minimind_hf.rewards import reward_model
 from minimind_hf.rl import ranking_accuracy
 from minimind_hf.training import (

@@ -12,31 +12,33 @@ from minimind_hf.chat_templates import use_training_chat_template
 from minimind_hf.curriculum import (
     CURRICULUM_VERSION,
     STAGES,
-    breakdown,
     build_world,
     calculator,
     convert_units,
     ensure_curriculum,
-    evaluate,
-    evaluate_with_breakdown,
     execute_tool_call,
-    faq_probe_records,
-    load_eval_records,
-    make_generate_fn,
     make_tools,
-    normalize,
-    preference_accuracy,
-    preference_margins,
-    score,
     tool_schemas,
     write_curriculum,
 )
 from minimind_hf.curriculum.__main__ import main as cli_main
-from minimind_hf.curriculum.evaluation import final_span_match
 from minimind_hf.curriculum.facts import Splits, question
 from minimind_hf.curriculum.records import unknown_entities
 from minimind_hf.curriculum.templates import EVASIVE, QUESTIONS
 from minimind_hf.data import dpo_record_to_columns, validate_jsonl
+from minimind_hf.evaluation import (
+    breakdown,
+    evaluate,
+    evaluate_with_breakdown,
+    faq_probe_records,
+    final_span_match,
+    load_eval_records,
+    make_generate_fn,
+    normalize,
+    preference_accuracy,
+    preference_margins,
+    score,
+)
 from minimind_hf.tokenization import load_tokenizer
 
 
@@ -246,7 +248,7 @@ def perfect_completion(record: dict, original: dict) -> str:
     ],
 )
 def test_final_span_rule(completion, answer, expected):
-    from minimind_hf.curriculum.evaluation import extract_answer
+    from minimind_hf.evaluation import extract_answer
 
     assert final_span_match(extract_answer(completion), answer) == bool(expected)
 

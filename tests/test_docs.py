@@ -127,7 +127,7 @@ def write_fixtures(sandbox: Path) -> None:
     tokenizer.save_pretrained(folder)
     torch.save({k: v.detach().half().clone() for k, v in tiny.state_dict().items()}, folder / "pytorch_model.bin")
     (folder / "config.json").write_text(json.dumps(upstream_config(tiny.config, "minimind2")))
-    for path in ("outputs/quickstart/sft", "folder"):
+    for path in ("outputs/quickstart/pretrain", "outputs/quickstart/sft", "folder"):
         tiny.save_pretrained(sandbox / path)
         tokenizer.save_pretrained(sandbox / path)
 

@@ -31,8 +31,9 @@ from transformers import AutoModelForCausalLM
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.chat_templates import use_training_chat_template
-from minimind_hf.curriculum import (
-    ensure_curriculum,
+from minimind_hf.curriculum import ensure_curriculum
+from minimind_hf.data import EMPTY_THINK
+from minimind_hf.evaluation import (
     evaluate_model,
     evaluate_with_breakdown,
     load_eval_records,
@@ -41,7 +42,6 @@ from minimind_hf.curriculum import (
     preference_margins,
     score,
 )
-from minimind_hf.data import EMPTY_THINK
 from minimind_hf.lora import load_lora_model
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.training import write_json

@@ -3,6 +3,7 @@ report with the per-kind breakdown; the real run (slow, on curriculum seeds 0 an
 facts it saw only in pretraining; recipes/seeds.py summarises runs over seeds."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -66,6 +67,13 @@ def test_shortened_quickstart_writes_metrics_and_reports_on_a_clean_terminal(tmp
     assert set(metrics["faq"]) == {"all", "sft_entities", "pretrain_only"}
     assert set(metrics["faq_breakdown"]["pretrain_only"]) == set(metrics["eval_breakdown"]["pretrain_only"])
     assert {"invention.inventor", "city.country"} <= set(metrics["cloze_breakdown"]["sft_taught"])
+    # bits per byte on the curriculum's held-out text, after pretraining and after SFT, in the report too
+    for stage in ("pretrain", "sft"):
+        text = metrics["text"][stage]
+        assert text["documents"] > 400 and text["bytes"] > text["tokens"] > 0 and text["bits_per_byte"] > 0
+    assert re.search(
+        r"^held-out text \(\d+ documents, \d+ bytes\): pretrain \d\.\d{3} bits per byte", run.stdout, re.M
+    )
     assert metrics["curriculum_seed"] == 0
     assert len(metrics["samples"]) == 3 and {"question", "answer", "expected", "correct"} <= set(metrics["samples"][0])
     assert metrics["wall_time_s"] > 0 and metrics["threads"] >= 1
@@ -136,6 +144,10 @@ def test_quickstart_transfers_pretraining_facts_into_chat(full_quickstart):
     what this seed measured."""
     seed, metrics = full_quickstart
     assert metrics["pretrain"]["last_loss"] < metrics["pretrain"]["first_loss"] / 5
+    # pretraining compresses unseen documents of its distribution far below a uniform guess over the vocabulary
+    text = metrics["text"]["pretrain"]
+    uniform = math.log2(6400) * text["tokens"] / text["bytes"]
+    assert text["bits_per_byte"] < uniform / 4, (text, uniform)
     for split in ("sft_taught", "sft_entities", "pretrain_only"):
         assert metrics["cloze"][split] >= 0.95, split
     for split, measured in MEASURED[seed].items():

@@ -12,6 +12,8 @@ LANGS = ("en", "zh")
 
 # Pretraining mix, in documents. Sized for roughly 2M tokens with the shipped tokenizer (see docs/data.md).
 PRETRAIN_DOCS = {"bio": 14000, "faq": 2500, "story": 3000, "arith": 2500, "passkey": 400}
+# Held-out pretraining text (bits per byte, perplexity): 1/40 of each kind, generated from another random stream.
+PRETRAIN_HELDOUT_DOCS = {kind: n // 40 for kind, n in PRETRAIN_DOCS.items()}
 ADD_RANGE = range(1, 21)
 MUL_RANGE = range(1, 10)
 ARITH_HELDOUT_FRACTION = 0.2

@@ -20,6 +20,7 @@ from .facts import (
     MULTI_TURN_DIALOGUES,
     PASSKEY_TRAIN_FILLER,
     PRETRAIN_DOCS,
+    PRETRAIN_HELDOUT_DOCS,
     REASONING_TRACES,
     UNKNOWN_INVENTIONS,
     UNKNOWN_PEOPLE,
@@ -55,11 +56,14 @@ ARITH_RELATIONS = {"+": "add", "×": "mul"}
 STAGES = ("pretrain", "sft", "dpo", "rl", "reasoning", "lora_identity", "passkey", "tools", "agent")
 
 
-def pretrain_records(world: World, splits: Splits, rng: random.Random) -> Iterator[dict]:
+def pretrain_records(
+    world: World, splits: Splits, rng: random.Random, docs: dict[str, int] = PRETRAIN_DOCS
+) -> Iterator[dict]:
+    """Pretraining documents, `docs[kind]` of each kind in random order."""
     people = world.of_kind("person")
     inventions = world.of_kind("invention")
     find = {e.name.en: e for e in world.entities}
-    kinds = [k for k, n in PRETRAIN_DOCS.items() for _ in range(n)]
+    kinds = [k for k, n in docs.items() for _ in range(n)]
     rng.shuffle(kinds)
     for kind in kinds:
         lang = rng.choice(LANGS)
@@ -114,6 +118,18 @@ def pretrain_records(world: World, splits: Splits, rng: random.Random) -> Iterat
         else:
             key = str(rng.randint(10000, 99999))
             yield {"text": _passkey_text(rng, lang, rng.randint(*PASSKEY_TRAIN_FILLER), key)[1]}
+
+
+def pretrain_heldout_records(
+    world: World, splits: Splits, rng: random.Random, train_rng: random.Random
+) -> Iterator[dict]:
+    """Held-out pretraining text (bits per byte, perplexity): `PRETRAIN_HELDOUT_DOCS` documents drawn like the
+    training ones from another random stream, less any that is also a training document word for word (short
+    arithmetic tables and two-fact bios recur)."""
+    train = {record["text"] for record in pretrain_records(world, splits, train_rng)}
+    for record in pretrain_records(world, splits, rng, PRETRAIN_HELDOUT_DOCS):
+        if record["text"] not in train:
+            yield record
 
 
 def pretrain_eval_records(splits: Splits) -> Iterator[dict]:
@@ -335,6 +351,7 @@ def stage_files(world: World, seed: int) -> dict[str, dict[str, Iterable[dict]]]
         "pretrain": {
             "train": pretrain_records(world, splits, rng("pretrain")),
             "eval": pretrain_eval_records(splits),
+            "heldout": pretrain_heldout_records(world, splits, rng("pretrain-heldout"), rng("pretrain")),
         },
         "sft": {
             "train": sft_records(world, splits, rng("sft")),

@@ -1,4 +1,8 @@
-"""Scorers and evaluation helpers for the curriculum's held-out files.
+"""Held-out evaluation in one place: the scorers for the curriculum's evaluation files, and bits per byte and
+perplexity on held-out text ([`language_model_scores`]).
+
+    python -m minimind_hf.evaluation --model outputs/quickstart/pretrain            # the curriculum's held-out text
+    python -m minimind_hf.evaluation --model outputs/quickstart/sft --text my.jsonl --eval sft  # any text; QA accuracy
 
 Scoring rules (all strings are normalised first: Unicode NFKC, case-folded, whitespace collapsed, punctuation
 stripped from both ends; `<think>` blocks are dropped and an `<answer>` block, when present, replaces the text):
@@ -19,18 +23,20 @@ stripped from both ends; `<think>` blocks are dropped and an `<answer>` block, w
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from ..data import conversation_to_messages, dpo_record_to_columns
-from .templates import FAQ
+from .curriculum.templates import FAQ
+from .data import conversation_to_messages, dpo_record_to_columns
 
 _EDGE_PUNCT = ".,!?;:'\"()[]{}<>。，！？；：、“”‘’（）【】《》…「」"
 _NUMBER_GLUE = set("0123456789.-,")
@@ -348,3 +354,162 @@ def preference_accuracy(model, tokenizer, records: str | Path | Iterable[dict]) 
         totals[split].append(float(margin > 0))
         totals["all"].append(float(margin > 0))
     return {split: sum(values) / len(values) for split, values in sorted(totals.items())}
+
+
+def load_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
+    """The documents of a held-out text file: a JSONL file's `field` per line, or a plain-text file as one document.
+    A bad line stops with one error naming the file, the line and the field."""
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        return [path.read_text(encoding="utf-8")]
+    texts = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+            text = record.get(field) if isinstance(record, dict) else None
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"{path}:{number}: field {field!r} must be a non-empty string")
+            texts.append(text)
+    if not texts:
+        raise ValueError(f"{path}: no documents")
+    return texts
+
+
+def _windows(ids: list[int], length: int, stride: int) -> Iterator[tuple[list[int], int]]:
+    """(input ids, number of leading positions whose next token is context only) for each window over `ids`: the
+    first window scores every token, each later one the `stride` tokens past the previous end with the window's
+    other tokens as context."""
+    yield ids[:length], 0
+    end = length
+    while end < len(ids):
+        new_end = min(end + stride, len(ids))
+        start = new_end - length
+        yield ids[start:new_end], end - start - 1
+        end = new_end
+
+
+def language_model_scores(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    context_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    add_bos: bool = True,
+) -> dict[str, float]:
+    """Bits per byte and perplexity of a causal LM on held-out documents.
+
+    Each document is encoded without special tokens, after the BOS token when `add_bos` (upstream's pretraining
+    samples are `bos + text + eos`), and every text token is predicted from the ones before it: the negative
+    log-likelihood summed over the documents' tokens (EOS not included), divided by their number for perplexity and
+    by `ln 2` times their UTF-8 bytes for bits per byte, a measure that does not depend on the tokenizer. A document
+    longer than `context_length` (default: the model's `max_position_embeddings`) is scored in sliding windows of
+    that length, each new window predicting `stride` tokens (default half the length) with the rest as context.
+    lm-eval's `loglikelihood_rolling` tasks compute the same for documents that fit one window.
+
+    Returns:
+        `dict`: `documents`, `tokens`, `bytes`, `nll` (nats, summed), `perplexity`, `bits_per_token`,
+        `bits_per_byte`.
+    """
+    length = context_length or model.config.max_position_embeddings
+    stride = stride or max(1, length // 2)
+    if not 0 < stride <= length:
+        raise ValueError(f"stride must be in 1..context_length ({length}), got {stride}")
+    windows, tokens, n_bytes = [], 0, 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if add_bos:
+            ids = [tokenizer.bos_token_id, *ids]
+        tokens += len(ids) - 1
+        n_bytes += len(text.encode("utf-8"))
+        windows += list(_windows(ids, length, stride))
+    windows.sort(key=lambda window: len(window[0]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    nll = 0.0
+    with torch.no_grad():
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start : start + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            scored = torch.zeros(len(batch), width - 1, dtype=torch.bool)
+            for row, (ids, context) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                scored[row, context : len(ids) - 1] = True
+            mask = (torch.arange(width)[None] < torch.tensor([len(ids) for ids, _ in batch])[:, None]).long()
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
+            logprobs = torch.log_softmax(logits[:, :-1].float(), -1)
+            target = logprobs.gather(-1, input_ids[:, 1:, None].to(logits.device))[..., 0]
+            nll -= target[scored.to(logits.device)].sum().item()
+    return {
+        "documents": len(texts),
+        "tokens": tokens,
+        "bytes": n_bytes,
+        "nll": nll,
+        "perplexity": math.exp(nll / tokens),
+        "bits_per_token": nll / tokens / math.log(2),
+        "bits_per_byte": nll / n_bytes / math.log(2),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from .curriculum import ensure_curriculum
+    from .tokenization import load_tokenizer
+    from .training import write_json
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="A saved model folder (AutoModelForCausalLM).")
+    parser.add_argument(
+        "--text", help="Held-out text: JSONL with a `text` field or a plain-text file (default: the curriculum's)."
+    )
+    parser.add_argument(
+        "--eval",
+        help="Also score greedy completions on a curriculum evaluation file: a stage name (pretrain, sft, passkey, "
+        "reasoning, ...) or a path.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Curriculum seed for the default files.")
+    parser.add_argument("--context_length", type=int, help="Sliding-window length (default: the model's maximum).")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--output", help="Write the results here as JSON.")
+    args = parser.parse_args(argv)
+
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    tokenizer = load_tokenizer(args.model)
+    paths = (
+        None if args.text and (args.eval is None or Path(args.eval).exists()) else ensure_curriculum(seed=args.seed)
+    )
+    text_path = args.text or paths["pretrain"]["heldout"]
+    results = {"model": args.model, "text": str(text_path)}
+    results.update(
+        language_model_scores(
+            model, tokenizer, load_texts(text_path), context_length=args.context_length, batch_size=args.batch_size
+        )
+    )
+    print(
+        f"{text_path}: {results['bits_per_byte']:.4f} bits per byte, perplexity {results['perplexity']:.3f} "
+        f"({results['documents']} documents, {results['tokens']} tokens, {results['bytes']} bytes)"
+    )
+    if args.eval:
+        eval_path = Path(args.eval) if Path(args.eval).exists() else paths.get(args.eval, {}).get("eval")
+        if eval_path is None:
+            parser.error(f"--eval {args.eval!r}: neither a file nor a curriculum stage with an eval file")
+        records = [r for r in load_eval_records(eval_path) if r.get("task") in SCORERS]
+        means, _ = evaluate_with_breakdown(records, make_generate_fn(model, tokenizer, batch_size=args.batch_size))
+        results["eval"] = {"file": str(eval_path), "accuracy": means}
+        print(f"{eval_path}: " + ", ".join(f"{split} {value:.1%}" for split, value in means.items()))
+    if args.output:
+        write_json(args.output, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
