@@ -55,7 +55,7 @@ from recipes import (
 ROOT = Path(__file__).resolve().parents[1]
 
 DOCS = ["README.md", "recipes/README.md", "convert/README.md", "accelerate_configs/README.md", "docs/data.md"]
-COMMAND_START = re.compile(r"^(python3? |accelerate launch |make |bash |pytest |llama-server |cd )")
+COMMAND_START = re.compile(r"^(python3? |accelerate launch |make |bash |pytest |llama-server |cd |lm_eval )")
 
 RECIPES = (pretrain, sft, lora, merge_lora, dpo, distill, reward, grpo, ppo, spo, reason, train_tokenizer)
 RECIPE_MODULES = {module.__name__.split(".")[-1]: module for module in RECIPES}
@@ -80,6 +80,9 @@ NOT_HERE = {
     'pytest -m "vllm or llamacpp or go"': "the engine tests (make test-engines)",
     "pytest -m slow tests/test_post_training_effects.py -s": "the slow tier (make test-slow)",
     "pytest -m slow tests/test_rl_effects.py -s": "the slow tier's RL part (make test-slow)",
+    "lm_eval --model hf --model_args pretrained=outputs/quickstart/sft,trust_remote_code=True --tasks ceval-valid,"
+    "cmmlu,openbookqa,arc_easy,arc_challenge,piqa,hellaswag --apply_chat_template": "lm-eval downloads these datasets "
+    "from the Hub, which this machine cannot reach; tests/test_lm_eval.py runs the harness on the shipped tasks",
     "pytest -m browser": "the web chat in Chromium (.ci/run installs Debian's chromium and runs it)",
 }
 
@@ -114,7 +117,7 @@ def write_fixtures(sandbox: Path) -> None:
     """Files the documents name as inputs, with real shapes: upstream's `full_sft_512.pth` (MiniMind2-Small) and
     `full_sft_640_moe.pth` (MiniMind2-MoE) as fp16 state dicts, upstream's tokenizer folder `minimind/model`, a
     published upstream folder `MiniMind2`, and the folders the Python snippet loads."""
-    for name in ("recipes", "accelerate_configs", "convert"):
+    for name in ("recipes", "accelerate_configs", "convert", "minimind_hf"):
         (sandbox / name).symlink_to(ROOT / name)
     tokenizer = load_tokenizer()
     tokenizer.save_pretrained(sandbox / "minimind/model")
@@ -167,6 +170,9 @@ def check(command: str, sandbox: Path) -> str:
     if "\n" in command or command.startswith(("import ", "from ")):
         succeeds([sys.executable, "-c", command], sandbox)
         return "ran the snippet"
+    if command.startswith("lm_eval "):  # the harness's CLI on the fixtures, a few documents per task
+        succeeds([sys.executable, "-m", "lm_eval", *shlex.split(command)[1:], "--limit", "4"], sandbox)
+        return "ran 4 documents per task"
     if command.startswith("make "):
         succeeds(["make", "-n", *shlex.split(command)[1:]], ROOT)
         return "make -n"
