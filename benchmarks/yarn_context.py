@@ -1,6 +1,7 @@
 """YaRN's long-context effect on a model trained here: passkey retrieval and perplexity beyond the trained window.
 
-    python recipes/quickstart.py                      # writes outputs/quickstart/pretrain (max_length 256)
+    python recipes/quickstart.py                                # outputs/quickstart/pretrain (max_length 256)
+    python recipes/pretrain.py --config recipes/tiny/passkey.yaml   # outputs/tiny/passkey: learns to copy a key
     python benchmarks/yarn_context.py --threads 2
     python benchmarks/yarn_context.py --threads 2 --limit 10 --sequences 8
     python benchmarks/yarn_context.py --model outputs/my_pretrain --trained_length 512 --factors 2 4
@@ -208,12 +209,12 @@ def plot(results: dict, path: Path) -> None:
     for name, variant in results["variants"].items():
         left.plot([split_multiple(s) for s in splits], [variant["passkey"][s] for s in splits], marker="o", label=name)
         right.plot(lengths, [variant["perplexity"][str(n)]["ppl"] for n in lengths], marker="o", label=name)
+    right.axvline(results["trained_length"], color="grey", linestyle=":", label="trained length")
     for axis in (left, right):
         axis.set_xscale("log", base=2)
         axis.grid(alpha=0.3)
         axis.legend()
     left.set(xlabel="context multiple of the trained window", ylabel="passkey accuracy", ylim=(-0.05, 1.05))
-    right.axvline(results["trained_length"], color="grey", linestyle=":", label="trained length")
     right.set(xlabel="context length (tokens)", ylabel="perplexity")
     right.set_yscale("log")
     fig.suptitle(f"YaRN on {Path(results['model']).name} (trained length {results['trained_length']})")
@@ -229,7 +230,7 @@ def plot(results: dict, path: Path) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="outputs/quickstart/pretrain", help="pretrained model folder")
+    parser.add_argument("--model", default="outputs/tiny/passkey", help="pretrained model folder")
     parser.add_argument("--trained_length", type=int, default=256, help="the model's pretraining max_length")
     parser.add_argument("--factors", type=float, nargs="+", default=[2, 4, 8], help="YaRN factors to compare")
     parser.add_argument("--multiples", type=int, nargs="+", default=[1, 2, 4, 8], help="perplexity lengths / trained")
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         sys.exit(
-            f"yarn_context: no model at {model_dir}; run the CPU quickstart first (python recipes/quickstart.py) "
+            f"yarn_context: no model at {model_dir}; run the CPU quickstart (python recipes/quickstart.py), then "
+            "the passkey continued pretraining (python recipes/pretrain.py --config recipes/tiny/passkey.yaml) "
             "or pass --model DIR"
         )
     torch.set_num_threads(args.threads)

@@ -119,6 +119,10 @@ class DataArguments:
     )
     eval_files: list[str] | None = field(default=None, metadata={"help": "Held-out JSONL files (optional)."})
     curriculum_seed: int = field(default=0, metadata={"help": "Seed of the embedded curriculum."})
+    curriculum_stage: str | None = field(
+        default=None,
+        metadata={"help": "Train on another curriculum stage's training file (default: the recipe's own stage)."},
+    )
     curriculum_dir: str | None = field(
         default=None, metadata={"help": "Where the curriculum is generated (default: the package cache)."}
     )
@@ -130,7 +134,12 @@ class DataArguments:
             return self.dataset_files, self.eval_files
         from .curriculum import ensure_curriculum
 
-        return [ensure_curriculum(self.curriculum_dir, seed=self.curriculum_seed)[stage]["train"]], self.eval_files
+        paths = ensure_curriculum(self.curriculum_dir, seed=self.curriculum_seed)
+        stage = self.curriculum_stage or stage
+        if "train" not in paths.get(stage, {}):
+            with_train = sorted(name for name, files in paths.items() if "train" in files)
+            raise RecipeError(f"curriculum_stage: {stage!r} has no training file (stages that do: {with_train})")
+        return [paths[stage]["train"]], self.eval_files
 
 
 class RecipeError(ValueError):

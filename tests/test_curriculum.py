@@ -415,3 +415,14 @@ def test_tools():
     assert execute_tool_call(tools, "calculator", {"wrong": 1}).startswith("error")
     names = [s["function"]["name"] for s in tool_schemas(tools)]
     assert names == ["calculator", "convert_units", "lookup"]
+
+
+def test_passkey_training_documents_fit_one_pretraining_row(curriculum):
+    """Every passkey document of `passkey/train.jsonl` (BOS and EOS included) fits the 256-token rows the recipe
+    packs, so no key is split from its question; replayed pretraining documents make up the rest."""
+    tokenizer = load_tokenizer()
+    texts = [r["text"] for r in read(curriculum["passkey"]["train"])]
+    keyed = [t for t in texts if "passkey" in t or "密码" in t]  # with the few the replay draws
+    assert 18000 <= len(keyed) < 18100 and 20990 < len(texts) < 21010  # replay counts rounded per kind
+    lengths = [len(ids) + 2 for ids in tokenizer(keyed, add_special_tokens=False)["input_ids"]]
+    assert max(lengths) <= 256 and min(lengths) < 64

@@ -83,6 +83,8 @@ NOT_HERE = {
     "lm_eval --model hf --model_args pretrained=outputs/quickstart/sft,trust_remote_code=True --tasks ceval-valid,"
     "cmmlu,openbookqa,arc_easy,arc_challenge,piqa,hellaswag --apply_chat_template": "lm-eval downloads these datasets "
     "from the Hub, which this machine cannot reach; tests/test_lm_eval.py runs the harness on the shipped tasks",
+    "python benchmarks/yarn_context.py --threads 2": "a minute of generation on the passkey model; "
+    "tests/test_yarn_context.py runs the script on a tiny model",
     "pytest -m browser": "the web chat in Chromium (.ci/run installs Debian's chromium and runs it)",
 }
 

@@ -493,3 +493,17 @@ def test_a_non_finite_gradient_stops_the_run_before_the_update_or_is_skipped(sma
     assert max(e.get("nonfinite_skipped", 0) for e in history) == 3  # steps 2-4
     last = load_file(tmp_path / "skip" / "model.safetensors")
     assert all(torch.equal(last[k], first[k]) for k in first)  # skipped steps left every weight as it was
+
+
+def test_passkey_yaml_trains_the_pretraining_recipe_on_the_passkey_stage():
+    """recipes/tiny/passkey.yaml continues the quickstart's pretraining on the curriculum's passkey training file;
+    a stage without one stops with a clear error."""
+    data_args, training_args, model_args = pretrain.make_parser().parse_args_and_config(
+        ["--config", str(ROOT / "recipes/tiny/passkey.yaml")]
+    )
+    assert model_args.model_name_or_path == "outputs/quickstart/pretrain" and training_args.max_length == 256
+    files, _ = data_args.files("pretrain")
+    assert [Path(f).parts[-2:] for f in files] == [("passkey", "train.jsonl")]
+    data_args.curriculum_stage = "no_such_stage"
+    with pytest.raises(RecipeError, match="curriculum_stage: 'no_such_stage' has no training file"):
+        data_args.files("pretrain")

@@ -34,6 +34,11 @@ PASSKEY_EVAL_FILLER = {
     "x8": {"en": 293, "zh": 337},
 }
 PASSKEY_EVAL_PER_SPLIT = 25
+# Continued pretraining for passkey retrieval (`passkey/train.jsonl`, recipes/tiny/passkey.yaml): the quickstart's
+# 400 passkey documents teach the tiny model no copying at all. Filler up to 28 sentences keeps every document
+# (BOS and EOS included) inside one 256-token row; the replay documents keep the rest of pretraining from fading.
+PASSKEY_TUNE_FILLER = (0, 28)
+PASSKEY_TUNE_DOCS = {"passkey": 18000, "replay": 3000}
 
 
 def _user(content: str) -> dict:

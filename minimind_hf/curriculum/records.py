@@ -19,6 +19,8 @@ from .facts import (
     LANGS,
     MULTI_TURN_DIALOGUES,
     PASSKEY_TRAIN_FILLER,
+    PASSKEY_TUNE_DOCS,
+    PASSKEY_TUNE_FILLER,
     PRETRAIN_DOCS,
     PRETRAIN_HELDOUT_DOCS,
     REASONING_TRACES,
@@ -130,6 +132,21 @@ def pretrain_heldout_records(
     for record in pretrain_records(world, splits, rng, PRETRAIN_HELDOUT_DOCS):
         if record["text"] not in train:
             yield record
+
+
+def passkey_train_records(world: World, splits: Splits, rng: random.Random) -> Iterator[dict]:
+    """Passkey documents that fit the pretraining window (filler `PASSKEY_TUNE_FILLER`), mixed with replayed
+    pretraining documents in the corpus's proportions, shuffled."""
+    docs = []
+    for _ in range(PASSKEY_TUNE_DOCS["passkey"]):
+        lang, key = rng.choice(LANGS), str(rng.randint(10000, 99999))
+        docs.append(_passkey_text(rng, lang, rng.randint(*PASSKEY_TUNE_FILLER), key)[1])
+    total = sum(PRETRAIN_DOCS.values())
+    replay = {kind: round(n * PASSKEY_TUNE_DOCS["replay"] / total) for kind, n in PRETRAIN_DOCS.items()}
+    docs += [record["text"] for record in pretrain_records(world, splits, rng, replay)]
+    rng.shuffle(docs)
+    for text in docs:
+        yield {"text": text}
 
 
 def pretrain_eval_records(splits: Splits) -> Iterator[dict]:
@@ -373,7 +390,10 @@ def stage_files(world: World, seed: int) -> dict[str, dict[str, Iterable[dict]]]
             "train": identity_records(rng("identity"), "train"),
             "eval": identity_records(rng("identity-eval"), "eval"),
         },
-        "passkey": {"eval": passkey_eval_records(rng("passkey-eval"))},
+        "passkey": {
+            "train": passkey_train_records(world, splits, rng("passkey")),
+            "eval": passkey_eval_records(rng("passkey-eval")),
+        },
         "tools": {
             "train": tool_records(world, splits, rng("tools"), "train"),
             "eval": tool_records(world, splits, rng("tools-eval"), "eval"),
