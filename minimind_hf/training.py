@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import ModelConfig, TrlParser, get_quantization_config
 
 from .configuration_minimind import PRESETS, MiniMindConfig
@@ -428,9 +430,56 @@ class NonFiniteGuard(TrainerCallback):
             state.log_history[-1]["nonfinite_skipped"] = self.skipped
 
 
+STAGING = ".partial"
+
+
+def write_checkpoints_atomically(trainer) -> None:
+    """Makes `trainer` write each `checkpoint-<step>` folder whole or not at all: the Trainer's own save goes into
+    `<output_dir>/.partial/`, and the finished folder is then renamed into place (one `rename` on the same file
+    system), after which the Trainer's rotation (`save_total_limit`) runs on the real folder. A kill or a full disk
+    mid-write leaves only `.partial/`, which resuming never reads and the next save clears; the checkpoints already
+    in place are never touched. Transformers writes in place, so a killed save otherwise leaves a half-written
+    `checkpoint-<step>` beside the good ones."""
+    save = trainer._save_checkpoint
+    output_dir = trainer._get_output_dir
+
+    def atomic_save(model, trial, *args, **kwargs):
+        run_dir = Path(output_dir(trial=trial))
+        staging = run_dir / STAGING
+        if trainer.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed save left
+        limit, trainer.args.save_total_limit = trainer.args.save_total_limit, None  # rotate after the rename
+        trainer._get_output_dir = lambda trial=None: str(staging)
+        try:
+            save(model, trial, *args, **kwargs)
+        finally:
+            trainer._get_output_dir = output_dir
+            trainer.args.save_total_limit = limit
+        if not trainer.args.should_save:
+            return
+        name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+        target = run_dir / name
+        if target.exists():  # the same step saved again (the end of an epoch on a save step)
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+        staging.rmdir()
+        best = trainer.state.best_model_checkpoint
+        if best and Path(best).parent == staging:
+            trainer.state.best_model_checkpoint = str(run_dir / Path(best).name)
+        rotate_checkpoints(
+            output_dir=str(run_dir),
+            save_total_limit=trainer.args.save_total_limit,
+            best_model_checkpoint=trainer.state.best_model_checkpoint,
+        )
+
+    trainer._save_checkpoint = atomic_save
+
+
 def train(trainer, resume_from: str | None, model_args: ModelArguments):
-    """`trainer.train` with the [`NonFiniteGuard`] of `model_args.nonfinite`."""
+    """`trainer.train` with the [`NonFiniteGuard`] of `model_args.nonfinite`, checkpoints written atomically
+    ([`write_checkpoints_atomically`])."""
     trainer.add_callback(NonFiniteGuard(model_args.nonfinite))
+    write_checkpoints_atomically(trainer)
     return trainer.train(resume_from_checkpoint=resume_from)
 
 

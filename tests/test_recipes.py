@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from minimind_hf.packing import PackedCollator, tokenize_and_pack
 from minimind_hf.tokenization import load_tokenizer
-from minimind_hf.training import ModelArguments, RecipeError, build_model
+from minimind_hf.training import STAGING, ModelArguments, RecipeError, build_model, checkpoint_problem
 from recipes import pretrain, sft
 from tests.objective import (
     assert_labels_on_assistant_tokens,
@@ -315,21 +315,37 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_and_names_it(small_data,
         run("pretrain", [*resume, "true"])
 
 
-def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(small_data, tmp_path):
-    """SIGKILL a pretraining process at a random moment after its step-4 checkpoint (possibly in the middle of a
-    later checkpoint's write), resume with `--resume_from_checkpoint true`: the final weights equal an uninterrupted
-    run's (same tolerance as the copied-checkpoint test: float32 sums in another order)."""
+def stage_argv(stage, small_data, pretrained, out):
+    """A short run of `stage` on the small data (SFT from the pretrained fixture)."""
+    if stage == "pretrain":
+        return pretrain_argv(small_data, out)
+    return [
+        "--config", str(ROOT / "recipes/tiny/sft.yaml"),
+        "--model_name_or_path", str(pretrained[0]),
+        "--dataset_files", str(small_data["sft"]),
+        "--output_dir", str(out),
+        "--learning_rate", "5e-3",
+        *FAST,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft"])
+def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(stage, small_data, pretrained, tmp_path):
+    """SIGKILL a pretraining or SFT process at a random moment after its step-4 checkpoint (possibly in the middle
+    of a later checkpoint's write), resume with `--resume_from_checkpoint true`: the final weights equal an
+    uninterrupted run's (same tolerance as the copied-checkpoint test: float32 sums in another order), and so do the
+    logged losses (data order, schedule) and the token counter."""
     import os
     import random
     import signal
     import time
 
-    steps = ["--max_steps", "120", "--save_strategy", "steps", "--save_steps", "2"]
+    steps = ["--max_steps", "120", "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run("pretrain", [*pretrain_argv(small_data, straight), *steps])
+    run(stage, [*stage_argv(stage, small_data, pretrained, straight), *steps])
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same float sums as in process
     process = subprocess.Popen(
-        [sys.executable, "recipes/pretrain.py", *pretrain_argv(small_data, killed), *steps],
+        [sys.executable, f"recipes/{stage}.py", *stage_argv(stage, small_data, pretrained, killed), *steps],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.time() + 120
@@ -343,10 +359,64 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(small_data, tmp_pat
     process.stderr.close()
     done = sorted(int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*"))
     assert 4 <= max(done) < 120, done  # killed mid-run
-    run("pretrain", [*pretrain_argv(small_data, killed), *steps, "--resume_from_checkpoint", "true"])
+    assert all(checkpoint_problem(killed / f"checkpoint-{step}") is None for step in done)  # whole or absent
+    run(stage, [*stage_argv(stage, small_data, pretrained, killed), *steps, "--resume_from_checkpoint", "true"])
     resumed, uninterrupted = load_file(killed / "model.safetensors"), load_file(straight / "model.safetensors")
     for name in uninterrupted:
         torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert logged_losses(killed)[-10:] == pytest.approx(logged_losses(straight)[-10:], rel=1e-5)
+    tokens = [max(e.get("num_input_tokens_seen", 0) for e in log_history(d)) for d in (killed, straight)]
+    assert tokens[0] == tokens[1]
+    assert not (killed / STAGING).exists()
+
+
+KILL_IN_SAVE = """
+import os, signal, sys
+import transformers
+from recipes import pretrain
+
+write = transformers.Trainer._save_rng_state
+
+
+def killed_halfway(self, output_dir):  # the model and optimizer are written, the RNG state and trainer state not
+    if self.state.global_step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(self, output_dir)
+
+
+transformers.Trainer._save_rng_state = killed_halfway
+pretrain.main(*pretrain.make_parser().parse_args_and_config(sys.argv[1:]))
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_only_whole_checkpoints(small_data, tmp_path):
+    """Checkpoints are written into `.partial/` and renamed into place: killed in the middle of the step-4 save, the
+    run leaves checkpoint-2 whole, no checkpoint-4 at all, and the half-written one in `.partial/`; resuming takes
+    checkpoint-2, clears `.partial/` at its next save and ends where an uninterrupted run does."""
+    steps = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run("pretrain", [*pretrain_argv(small_data, straight), *steps])
+    process = subprocess.run(
+        [sys.executable, "-c", KILL_IN_SAVE, *pretrain_argv(small_data, killed), *steps],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert process.returncode == -9, process.stderr[-2000:]
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert checkpoint_problem(killed / "checkpoint-2") is None
+    partial = killed / STAGING / "checkpoint-4"
+    assert (partial / "model.safetensors").is_file() and not (partial / "trainer_state.json").exists()
+    run("pretrain", [*pretrain_argv(small_data, killed), *steps, "--resume_from_checkpoint", "true"])
+    assert not (killed / STAGING).exists()
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert logged_losses(killed)[-4:] == pytest.approx(logged_losses(straight)[-4:], rel=1e-6)
+
+
+def test_atomic_checkpoints_keep_the_save_total_limit(small_data, tmp_path):
+    out = tmp_path / "limited"
+    argv = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "2"]
+    run("pretrain", [*pretrain_argv(small_data, out), *argv])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
+    assert not (out / STAGING).exists()
 
 
 def test_tensorboard_reporting_writes_events(small_data, tmp_path):
