@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,6 +315,21 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True)
 
 
+def _check_writable(output_dir: Path) -> None:
+    """Stops before training when `output_dir` could not be written: a file where a folder must be, or a folder this
+    process cannot create files in (read-only, no permission). Nothing is created: the test file is anonymous."""
+    existing = output_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RecipeError(f"output_dir: {output_dir} cannot be created: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise RecipeError(f"output_dir: {output_dir} is not writable: {existing}: {error.strerror}") from None
+
+
 def check_output_dir(training_args) -> str | None:
     """The checkpoint to resume from, or None. A folder that already holds `checkpoint-*` folders is refused unless
     the run resumes from them, so an earlier run's checkpoints are never silently mixed with a new one's.
@@ -321,6 +337,7 @@ def check_output_dir(training_args) -> str | None:
     `resume_from_checkpoint: true` takes the newest checkpoint that is complete ([`checkpoint_problem`]): a damaged
     newer one is named on stderr and passed over; a named checkpoint that is damaged stops the run."""
     output_dir = Path(training_args.output_dir)
+    _check_writable(output_dir)
     checkpoints = _checkpoints(output_dir) if output_dir.is_dir() else []
     resume = training_args.resume_from_checkpoint
     if resume in (True, "true", "True", "last"):
@@ -452,6 +469,14 @@ def write_checkpoints_atomically(trainer) -> None:
         trainer._get_output_dir = lambda trial=None: str(staging)
         try:
             save(model, trial, *args, **kwargs)
+        except OSError as error:  # a full disk, say: free what was half-written, keep every finished checkpoint
+            shutil.rmtree(staging, ignore_errors=True)
+            name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+            raise OSError(
+                error.errno,
+                f"writing {name} failed ({error.strerror}); the checkpoints already in {run_dir} are intact: free "
+                "space or fix the folder, then resume with `--resume_from_checkpoint true`",
+            ) from error
         finally:
             trainer._get_output_dir = output_dir
             trainer.args.save_total_limit = limit

@@ -419,6 +419,46 @@ def test_atomic_checkpoints_keep_the_save_total_limit(small_data, tmp_path):
     assert not (out / STAGING).exists()
 
 
+def test_a_full_disk_mid_run_keeps_the_finished_checkpoints(small_data, tmp_path, monkeypatch):
+    """A save that fails (here: ENOSPC while writing the step-4 checkpoint) stops the run with one message saying the
+    earlier checkpoints are intact; checkpoint-2 is whole, nothing of checkpoint-4 remains, and resuming works."""
+    import errno
+
+    import transformers
+
+    write = transformers.Trainer._save_rng_state
+
+    def disk_full(self, output_dir):
+        if self.state.global_step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, output_dir)
+
+    monkeypatch.setattr(transformers.Trainer, "_save_rng_state", disk_full)
+    out = tmp_path / "full"
+    steps = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2"]
+    with pytest.raises(OSError, match=r"writing checkpoint-4 failed \(No space left on device\).*are intact"):
+        run("pretrain", [*pretrain_argv(small_data, out), *steps])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"] and not (out / STAGING).exists()
+    assert checkpoint_problem(out / "checkpoint-2") is None
+    monkeypatch.undo()
+    run("pretrain", [*pretrain_argv(small_data, out), *steps, "--resume_from_checkpoint", "true"])
+    assert (out / "checkpoint-6").is_dir() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [("file", r"cannot be created: .*not_a_folder is a file"), ("/sys", "is not writable: /sys")],
+)
+def test_an_unwritable_output_dir_stops_before_training(small_data, tmp_path, where, message):
+    if where == "file":
+        (tmp_path / "not_a_folder").write_text("a file")
+        out = tmp_path / "not_a_folder" / "run"
+    else:
+        out = Path("/sys/minimind_hf_run")  # sysfs takes no new files, even from root
+    with pytest.raises(RecipeError, match=message):
+        run("pretrain", pretrain_argv(small_data, out))
+
+
 def test_tensorboard_reporting_writes_events(small_data, tmp_path):
     out = tmp_path / "tb"
     run("pretrain", [*pretrain_argv(small_data, out, "--max_steps", "2"), "--report_to", "tensorboard"])
