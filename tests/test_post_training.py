@@ -36,7 +36,15 @@ from minimind_hf.trainers import (
 from minimind_hf.training import ModelArguments, RecipeError
 from recipes import distill, dpo, lora, merge_lora, reason, sft
 from tests.objective import assert_labels_on_assistant_tokens, recording_batches
-from tests.utils import FAST, briefly_trained, parse_shipped_yaml, shipped_yamls, tiny_model, write_jsonl
+from tests.utils import (
+    FAST,
+    briefly_trained,
+    parse_shipped_yaml,
+    shipped_yamls,
+    sigkill_after_checkpoint,
+    tiny_model,
+    write_jsonl,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"lora": lora, "dpo": dpo, "distill": distill, "reason": reason}
@@ -328,6 +336,24 @@ def test_dpo_from_a_folder_uses_a_frozen_copy_as_reference(data, base, tmp_path,
     chosen, rejected, loss = first_step_rewards(out)
     assert chosen == 0 and rejected == 0 and loss == pytest.approx(0.6931, abs=1e-4)
     assert logged(out, "rewards/margins")[-1] > 0
+
+
+def test_a_sigkilled_dpo_run_resumes_to_the_uninterrupted_result(data, base, tmp_path):
+    """SIGKILL a DPO process at a random moment after its step-4 checkpoint and resume: the policy ends where an
+    uninterrupted run's does and logs the same losses and rewards (the frozen reference is rebuilt from the start
+    folder, not from the checkpoint)."""
+    steps = ["--max_steps", "40", "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    argv = lambda out: [*dpo_argv(data, out, "--model_name_or_path", str(base)), *steps]  # noqa: E731
+    run("dpo", argv(straight))
+    done = sigkill_after_checkpoint("recipes/dpo.py", argv(killed), killed)
+    assert 4 <= max(done) < 40, done
+    run("dpo", [*argv(killed), "--resume_from_checkpoint", "true"])
+    resumed, uninterrupted = state_dict(killed), state_dict(straight)
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-6, atol=1e-7, msg=name)
+    for key in ("loss", "rewards/margins"):
+        assert logged(killed, key)[-10:] == pytest.approx(logged(straight, key)[-10:], rel=1e-5), key
 
 
 def test_dpo_from_a_fresh_model_needs_no_reference_folder(data, tmp_path, recording_dpo):

@@ -23,7 +23,15 @@ from tests.objective import (
     recording_batches,
     unigram_entropy,
 )
-from tests.utils import FAST, SMALL, parse_shipped_yaml, shipped_yamls, tiny_model, write_jsonl
+from tests.utils import (
+    FAST,
+    SMALL,
+    parse_shipped_yaml,
+    shipped_yamls,
+    sigkill_after_checkpoint,
+    tiny_model,
+    write_jsonl,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"pretrain": pretrain, "sft": sft}
@@ -335,29 +343,12 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(stage, small_data, 
     of a later checkpoint's write), resume with `--resume_from_checkpoint true`: the final weights equal an
     uninterrupted run's (same tolerance as the copied-checkpoint test: float32 sums in another order), and so do the
     logged losses (data order, schedule) and the token counter."""
-    import os
-    import random
-    import signal
-    import time
-
     steps = ["--max_steps", "120", "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(stage, [*stage_argv(stage, small_data, pretrained, straight), *steps])
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same float sums as in process
-    process = subprocess.Popen(
-        [sys.executable, f"recipes/{stage}.py", *stage_argv(stage, small_data, pretrained, killed), *steps],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.time() + 120
-    while not (killed / "checkpoint-4" / "trainer_state.json").is_file():
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    time.sleep(random.Random().uniform(0.0, 0.3))
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stderr.close()
-    done = sorted(int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*"))
+    done = sigkill_after_checkpoint(
+        f"recipes/{stage}.py", [*stage_argv(stage, small_data, pretrained, killed), *steps], killed
+    )
     assert 4 <= max(done) < 120, done  # killed mid-run
     assert all(checkpoint_problem(killed / f"checkpoint-{step}") is None for step in done)  # whole or absent
     run(stage, [*stage_argv(stage, small_data, pretrained, killed), *steps, "--resume_from_checkpoint", "true"])

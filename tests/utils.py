@@ -138,3 +138,33 @@ def build_sft_base(tmp_path_factory, quiet: list[str], *sft_args: str) -> Path:
         argv = ["--config", str(tiny / f"{name}.yaml"), "--output_dir", str(root / name), *extra, *quiet]
         module.main(*module.make_parser().parse_args_and_config(argv))
     return root / "sft"
+
+
+def sigkill_after_checkpoint(
+    script: str, argv: list[str], out: Path, step: int = 4, timeout: float = 120
+) -> list[int]:
+    """Start `python <script> <argv>` from the repository root, SIGKILL it at a random moment (0-0.3 s) after its
+    `checkpoint-<step>` is complete (possibly in the middle of a later checkpoint's write), and return the steps of
+    the `checkpoint-*` folders it left."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same float sums as in process
+    process = subprocess.Popen(
+        [sys.executable, script, *argv], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + timeout
+    while not (out / f"checkpoint-{step}" / "trainer_state.json").is_file():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, f"no checkpoint-{step} after {timeout} s"
+        time.sleep(0.02)
+    time.sleep(random.Random().uniform(0.0, 0.3))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
