@@ -105,6 +105,8 @@ def _parse_json_string(value, field: str, kind: type):
         parsed = json.loads(value)
     except json.JSONDecodeError as error:
         raise _Invalid(field, f"invalid JSON ({error.msg})") from None
+    except (ValueError, RecursionError) as error:  # an over-long integer literal, or nesting past the recursion limit
+        raise _Invalid(field, f"invalid JSON ({error})") from None
     if not isinstance(parsed, kind):
         raise _Invalid(field, f"expected a JSON {_type_name(kind())}, got {_type_name(parsed)}")
     return parsed
@@ -244,6 +246,29 @@ _CONVERTERS: dict[str, tuple[Callable[[dict], dict], str]] = {
 }
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _find_surrogate(record: dict) -> str | None:
+    """Field path of the first key or string in `record` holding a lone UTF-16 surrogate, or `None` (iterative: JSON
+    nesting may be deep)."""
+    stack = [("", record)]
+    while stack:
+        field, value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return field
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                sub = f"{field}.{key}" if field else key
+                if _SURROGATE.search(key):
+                    return sub
+                stack.append((sub, item))
+        elif isinstance(value, list):
+            stack.extend((f"{field}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
 def _iter_file(path: Path, kind: str) -> Iterator[tuple[int, dict]]:
     """Yields (line number, converted row) for every non-blank line, raising DataValidationError on the first bad one."""
     convert = _CONVERTERS[kind][0]
@@ -264,6 +289,8 @@ def _iter_file(path: Path, kind: str) -> Iterator[tuple[int, dict]]:
                 raise DataValidationError(
                     path, number, "(json)", f"broken JSON line ({error.msg}, column {error.colno})"
                 ) from None
+            except (ValueError, RecursionError) as error:  # an over-long integer literal, or nesting too deep
+                raise DataValidationError(path, number, "(json)", f"broken JSON line ({error})") from None
             if not isinstance(record, dict):
                 raise DataValidationError(
                     path, number, "(record)", f"expected a JSON object, got {_type_name(record)}"
@@ -272,6 +299,10 @@ def _iter_file(path: Path, kind: str) -> Iterator[tuple[int, dict]]:
                 row = convert(record)
             except _Invalid as error:
                 raise DataValidationError(path, number, error.field, error.reason) from None
+            # a lone surrogate can only come from a `\uXXXX` escape (UTF-8 bytes of one fail above); Arrow cannot store it
+            field = _find_surrogate(record) if "\\u" in line else None
+            if field is not None:
+                raise DataValidationError(path, number, field, "lone UTF-16 surrogate (not valid Unicode text)")
             seen = True
             yield number, row
     if not seen:
