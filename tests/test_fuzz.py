@@ -434,16 +434,19 @@ def test_chat_template_empty_conversation_raises_value_error(tokenizer):
 
 
 @pytest.mark.parametrize(
-    "messages",
+    ("messages", "message"),
     [
-        [{"role": 5, "content": "x"}],
-        [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": 5, "arguments": {}}}]}],
+        ([{"role": 5, "content": "x"}], "Unknown message role: 5"),
+        ([{"role": "system", "content": 7}, {"role": "user", "content": "x"}], "system message needs string content"),
+        (
+            [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": 5, "arguments": {}}}]}],
+            "A tool call needs a string name, got: 5",
+        ),
     ],
-    ids=["int-role", "int-tool-name"],
+    ids=["int-role", "int-system-content", "int-tool-name"],
 )
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="template concatenates a non-string role / tool name")
-def test_chat_template_non_string_role_or_name(tokenizer, messages):
-    try:
+def test_chat_template_non_string_role_or_name(tokenizer, messages, message):
+    """Found by the fuzzer: a non-string role, system content or tool name made the template concatenate a number
+    (TypeError); the template now names what is wrong."""
+    with pytest.raises(jinja2.TemplateError, match=message):
         tokenizer.apply_chat_template(messages, tokenize=False)
-    except jinja2.TemplateError:
-        pass
