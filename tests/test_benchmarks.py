@@ -3,7 +3,6 @@ No timing assertions."""
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import math
 import subprocess
@@ -16,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minimind_hf import MiniMindConfig, MiniMindForCausalLM
 from minimind_hf.tokenization import load_tokenizer
-from tests.utils import SMALL, tiny_config, write_jsonl
+from tests.utils import SMALL, load_script, tiny_config, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "pretrain_throughput.py"
 MAX_LENGTH, BATCH_SIZE = 64, 2
@@ -24,10 +23,7 @@ MAX_LENGTH, BATCH_SIZE = 64, 2
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("pretrain_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +151,7 @@ def test_table_lists_every_row(bench):
 def test_moe_vs_dense_counts_active_parameters_and_prints_its_table():
     """Active parameters against upstream's published sizes (MiniMind2-MoE 91.95M, minimind-3-MoE 63.94M of
     145.03M / 198.42M), and the script's table from a short run: three models, the ratio to dense in the same run."""
-    spec = importlib.util.spec_from_file_location("moe_vs_dense", SCRIPT.parent / "moe_vs_dense.py")
-    moe_vs_dense = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(moe_vs_dense)
+    moe_vs_dense = load_script(SCRIPT.parent / "moe_vs_dense.py")
     with torch.device("meta"):
         small_moe = MiniMindForCausalLM(MiniMindConfig.from_preset("minimind2-moe"))
         big_moe = MiniMindForCausalLM(MiniMindConfig.from_preset("minimind3-moe"))
@@ -197,9 +191,7 @@ def test_serve_load_streams_every_request_and_counts_failures():
     assert (row["clients"], row["requests"], row["errors"], row["torch threads"]) == ("3", "6", "0", "1")
     assert float(row["gen tokens/s"]) > 0 and 0 < float(row["TTFT p50 s"]) <= float(row["latency p95 s"])
 
-    spec = importlib.util.spec_from_file_location("serve_load", script)
-    serve_load = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve_load)
+    serve_load = load_script(script)
     args = argparse.Namespace(clients=2, requests=2, max_tokens=4, timeout=10)
     results, _ = asyncio.run(serve_load.run_load("http://127.0.0.1:9/v1", "tiny", args))  # nothing listens there
     assert len(results) == 4 and all("error" in result for result in results)

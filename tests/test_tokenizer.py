@@ -1,7 +1,6 @@
 """The shipped tokenizer, the training recipe's functions, and loading upstream-shaped tokenizer folders."""
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from minimind_hf.tokenization import (
     shipped_tokenizer_path,
     train_tokenizer,
 )
+from tests.utils import load_script
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "train_tokenizer.py"
 TEXTS = [
@@ -203,10 +203,7 @@ def test_is_chinese():
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("train_tokenizer_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RECIPE)
 
 
 def test_recipe_yaml_parses_with_its_parser(tmp_path):

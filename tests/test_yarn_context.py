@@ -2,7 +2,6 @@
 computed as documented, passkey scoring is wired right, and `main` writes a complete JSON and a PNG. No quality
 assertions (the model is random)."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,7 +13,7 @@ from minimind_hf import MiniMindForCausalLM
 from minimind_hf.curriculum import ensure_curriculum
 from minimind_hf.evaluation import load_texts
 from minimind_hf.tokenization import load_tokenizer
-from tests.utils import tiny_config
+from tests.utils import load_script, tiny_config
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "yarn_context.py"
 TRAINED = 32
@@ -22,10 +21,7 @@ TRAINED = 32
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("yarn_context", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")

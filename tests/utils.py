@@ -168,3 +168,13 @@ def sigkill_after_checkpoint(
     process.wait()
     process.stderr.close()
     return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+
+
+def load_script(path: Path):
+    """A script that is not a package module (benchmarks/, a recipe file), imported from its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
