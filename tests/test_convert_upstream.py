@@ -1,6 +1,7 @@
 """Upstream MiniMind checkpoints in: `.pth` state dicts (shape inference, presets) and upstream HF folders."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,3 +206,31 @@ def test_a_pickled_object_in_a_checkpoint_is_refused_and_never_run(tmp_path):
     # the same file without the object loads
     torch.save({"model.embed_tokens.weight": torch.zeros(2, 2)}, tmp_path / "plain.pth")
     assert set(load_upstream_pth(tmp_path / "plain.pth")) == {"model.embed_tokens.weight"}
+
+
+def test_no_code_of_ours_unpickles_or_trusts_remote_code(tmp_path):
+    """The only `torch.load` calls in the package, recipes, converters and benchmarks pass `weights_only=True`; none
+    calls `pickle` / `torch.load` without it or passes `trust_remote_code=True` to a loader (the model classes are
+    registered in-process, so our own folders never need it); a saved folder's code files are our shipped ones."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for path in [p for d in ("minimind_hf", "recipes", "convert", "benchmarks") for p in (root / d).rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            if name == "torch.load" and keywords.get("weights_only") != "True":
+                bad.append(f"{path.relative_to(root)}:{node.lineno}: torch.load without weights_only=True")
+            if name.startswith(("pickle.", "cPickle.", "dill.")) and name.endswith(("load", "loads")):
+                bad.append(f"{path.relative_to(root)}:{node.lineno}: {name}")
+            if keywords.get("trust_remote_code") == "True":
+                bad.append(f"{path.relative_to(root)}:{node.lineno}: trust_remote_code=True")
+    assert not bad, bad
+    MiniMindForCausalLM(tiny_config()).save_pretrained(tmp_path)
+    shipped = sorted(p.name for p in tmp_path.glob("*.py"))
+    assert shipped == ["configuration_minimind.py", "modeling_minimind.py"]
+    for name in shipped:
+        assert (tmp_path / name).read_bytes() == (root / "minimind_hf" / name).read_bytes(), name
