@@ -49,7 +49,7 @@ QUIET = ["--report_to", "none", "--save_strategy", "no", "--curriculum_seed", st
 # k3 KL to the SFT start, per token, at the last logged step (upstream MiniMind's GRPO runs end near 0.05-0.3).
 KL_BOUND = 0.5
 # The reward model's weight beside the exact answer's 1.0 (its scores span about -4..4, the exact answer 0..1).
-RM_WEIGHT = 0.3
+RM_WEIGHT = float(os.environ.get("MINIMIND_HF_RM_WEIGHT", "0.3"))
 
 
 def report(stage: str, **numbers) -> None:
