@@ -152,7 +152,8 @@ def test_reward_model_ranks_heldout_pairs(reward_model_run):
     reason="the tiny reward model prefers other answers than the right one (5 epochs: wrong_fact pairs 61%): from the "
     "seed-0 "
     "quickstart SFT, weight 0.3 raises its score -2.14 -> -1.94 while the exact answer falls 73.1% -> 63.6% sampled; "
-    "weight 0.1 keeps the exact answer (76.7%) but not the score (-2.20); weight 1: -1.50, exact 33.7%. On wrong-fact "
+    "weight 0.1 keeps the exact answer (76.7%) but not the score (-2.20); weight 0.2 (8-epoch model): -2.82 -> -1.95, "
+    "exact 72.9% -> 58.1%; weight 1: -1.50, exact 33.7%. On wrong-fact "
     "pairs about the held-out prompts' facts it ranks 53.9% right (chance), also when trained on wrong-fact pairs of "
     "the RL training facts: its held-out score can only rise through style",
 )
