@@ -95,10 +95,9 @@ def passkey_records(seed: int, limit: int | None) -> list[dict]:
     return kept
 
 
-def prompt_lengths(tokenizer, records: list[dict]) -> dict[str, float]:
-    """Mean prompt length in tokens (BOS + text, as generated) per split."""
-    lengths = [len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) + 1 for r in records]
-    return split_means(records, lengths)
+def prompt_lengths(tokenizer, records: list[dict]) -> list[int]:
+    """Each record's prompt length in tokens (BOS + text, as generated)."""
+    return [len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) + 1 for r in records]
 
 
 # ---------------------------------------------------------------------------------------------------------- model
@@ -264,13 +263,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     records = passkey_records(args.seed, args.limit)
     splits = sorted({r["split"] for r in records}, key=split_multiple)
-    tokens = prompt_lengths(tokenizer, records)
+    prompt_tokens = prompt_lengths(tokenizer, records)
+    tokens = split_means(records, prompt_tokens)
     lengths = [trained * m for m in args.multiples]
     source = ensure_curriculum(seed=args.seed)["pretrain"]["heldout"]
     texts = load_texts(source)
     sequences = {n: build_sequences(tokenizer, texts, n, args.sequences) for n in lengths}
-    longest_prompt = max(len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) + 1 for r in records)
-    max_positions = max([*lengths, 8 * trained, longest_prompt + 8, *(int(f * trained) for f in args.factors)])
+    max_positions = max([*lengths, 8 * trained, max(prompt_tokens) + 8, *(int(f * trained) for f in args.factors)])
     yarn = {"attention_factor": args.attention_factor, "beta_fast": args.beta_fast, "beta_slow": args.beta_slow}
 
     results = {

@@ -329,17 +329,24 @@ def validate_jsonl(paths: str | os.PathLike | Sequence[str | os.PathLike], kind:
     Raises:
         [`DataValidationError`]: on the first bad line, naming file, line number and field.
     """
+    return sum(1 for _ in iter_rows(paths, kind))
+
+
+def iter_rows(paths: str | os.PathLike | Sequence[str | os.PathLike], kind: str) -> Iterator[dict]:
+    """The rows of JSONL files of `kind`, in file and line order, each validated as [`validate_jsonl`] does (a bad
+    line raises [`DataValidationError`] naming file, line number and field)."""
     if kind not in _CONVERTERS:
         raise ValueError(f"unknown data kind {kind!r}; choose one of {sorted(_CONVERTERS)}")
-    return sum(1 for path in _paths(paths) for _ in _iter_file(path, kind))
+    for path in _paths(paths):
+        for _, row in _iter_file(path, kind):
+            yield row
 
 
 def _generate(files: list[str], kind: str, bos_token: str | None = None) -> Iterator[dict]:
-    for file in files:
-        for _, row in _iter_file(Path(file), kind):
-            if bos_token:
-                row["text"] = bos_token + row["text"]
-            yield row
+    for row in iter_rows(files, kind):
+        if bos_token:
+            row["text"] = bos_token + row["text"]
+        yield row
 
 
 def _signature(paths: list[Path], kind: str, bos_token: str | None = None) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from .curriculum.templates import FAQ
-from .data import conversation_to_messages, dpo_record_to_columns
+from .data import conversation_to_messages, dpo_record_to_columns, iter_rows
 
 _EDGE_PUNCT = ".,!?;:'\"()[]{}<>。，！？；：、“”‘’（）【】《》…「」"
 _NUMBER_GLUE = set("0123456789.-,")
@@ -356,28 +356,14 @@ def preference_accuracy(model, tokenizer, records: str | Path | Iterable[dict]) 
     return {split: sum(values) / len(values) for split, values in sorted(totals.items())}
 
 
-def load_texts(path: str | os.PathLike, field: str = "text") -> list[str]:
-    """The documents of a held-out text file: a JSONL file's `field` per line, or a plain-text file as one document.
-    A bad line stops with one error naming the file, the line and the field."""
+def load_texts(path: str | os.PathLike) -> list[str]:
+    """The documents of a held-out text file: the `text` of each line of a JSONL file, read and checked as pretraining
+    data is (a bad line stops with one error naming the file, the line and the field), or a plain-text file as one
+    document."""
     path = Path(path)
     if path.suffix != ".jsonl":
         return [path.read_text(encoding="utf-8")]
-    texts = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-            text = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(text, str) or not text:
-                raise ValueError(f"{path}:{number}: field {field!r} must be a non-empty string")
-            texts.append(text)
-    if not texts:
-        raise ValueError(f"{path}: no documents")
-    return texts
+    return [row["text"] for row in iter_rows(path, "pretrain")]
 
 
 def _windows(ids: list[int], length: int, stride: int) -> Iterator[tuple[list[int], int]]:
@@ -484,10 +470,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     tokenizer = load_tokenizer(args.model)
-    paths = (
-        None if args.text and (args.eval is None or Path(args.eval).exists()) else ensure_curriculum(seed=args.seed)
-    )
-    text_path = args.text or paths["pretrain"]["heldout"]
+
+    def curriculum() -> dict:  # generated on first use only (a few seconds), then read from the cache
+        return ensure_curriculum(seed=args.seed)
+
+    text_path = args.text or curriculum()["pretrain"]["heldout"]
     results = {"model": args.model, "text": str(text_path)}
     results.update(
         language_model_scores(
@@ -499,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"({results['documents']} documents, {results['tokens']} tokens, {results['bytes']} bytes)"
     )
     if args.eval:
-        eval_path = Path(args.eval) if Path(args.eval).exists() else paths.get(args.eval, {}).get("eval")
+        eval_path = Path(args.eval) if Path(args.eval).exists() else curriculum().get(args.eval, {}).get("eval")
         if eval_path is None:
             parser.error(f"--eval {args.eval!r}: neither a file nor a curriculum stage with an eval file")
         records = [r for r in load_eval_records(eval_path) if r.get("task") in SCORERS]

@@ -462,7 +462,7 @@ def write_checkpoints_atomically(trainer) -> None:
 
     def atomic_save(model, trial, *args, **kwargs):
         run_dir = Path(output_dir(trial=trial))
-        staging = run_dir / STAGING
+        staging, name = run_dir / STAGING, f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
         if trainer.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)  # what a killed save left
         limit, trainer.args.save_total_limit = trainer.args.save_total_limit, None  # rotate after the rename
@@ -471,7 +471,6 @@ def write_checkpoints_atomically(trainer) -> None:
             save(model, trial, *args, **kwargs)
         except OSError as error:  # a full disk, say: free what was half-written, keep every finished checkpoint
             shutil.rmtree(staging, ignore_errors=True)
-            name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
             raise OSError(
                 error.errno,
                 f"writing {name} failed ({error.strerror}); the checkpoints already in {run_dir} are intact: free "
@@ -482,7 +481,6 @@ def write_checkpoints_atomically(trainer) -> None:
             trainer.args.save_total_limit = limit
         if not trainer.args.should_save:
             return
-        name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
         target = run_dir / name
         if target.exists():  # the same step saved again (the end of an epoch on a save step)
             shutil.rmtree(target)

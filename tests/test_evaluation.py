@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from minimind_hf.curriculum import write_curriculum
+from minimind_hf.data import DataValidationError
 from minimind_hf.evaluation import language_model_scores, load_texts, main
 from minimind_hf.tokenization import load_tokenizer
 from tests.utils import briefly_trained, tiny_model
@@ -92,10 +93,10 @@ def test_bad_settings_and_bad_files_stop_with_one_clear_error(model, tokenizer, 
         language_model_scores(model, tokenizer, TEXTS, context_length=8, stride=9)
     path = tmp_path / "texts.jsonl"
     path.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "no text"}) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{path}:2: field 'text' must be a non-empty string"):
+    with pytest.raises(DataValidationError, match=rf"{path}:2: text: missing"):
         load_texts(path)
     path.write_text(json.dumps({"text": "fine"}) + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{path}:2: not JSON"):
+    with pytest.raises(DataValidationError, match=rf"{path}:2: \(json\): broken JSON line"):
         load_texts(path)
     plain = tmp_path / "book.txt"
     plain.write_text("one document\nof two lines", encoding="utf-8")

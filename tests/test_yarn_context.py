@@ -111,7 +111,7 @@ def test_passkey_scoring(bench, tokenizer):
     wrong = bench.passkey_accuracy(records, lambda rs: [" 00000." for r in rs])
     assert right == {"all": 1.0, "x1": 1.0, "x2": 1.0, "x4": 1.0, "x8": 1.0}
     assert set(wrong.values()) == {0.0}
-    tokens = bench.prompt_lengths(tokenizer, records)
+    tokens = bench.split_means(records, bench.prompt_lengths(tokenizer, records))
     assert tokens["x1"] < tokens["x2"] < tokens["x4"] < tokens["x8"]
 
 
