@@ -21,8 +21,22 @@ seeds: install
 test: install
 	$(PYTHON) -m pytest -q -n auto --maxprocesses 4
 
+# The slow tier in parts of at most 20 minutes on 2 cores, each its own pytest run (`make test-slow-bases`, ...;
+# `make test-slow` runs them in turn). The bases part builds the effect tests' SFT bases into the on-disk cache
+# (tests/utils.build_sft_base) and checks them; the effect parts after it start from the cache.
+SLOW_PARTS := quickstart bases post rl reward
+SLOW_quickstart := tests/test_quickstart.py
+SLOW_bases := tests/test_sft_bases.py
+SLOW_post := tests/test_post_training_effects.py
+SLOW_rl := tests/test_rl_effects.py -k rl_raises
+SLOW_reward := tests/test_rl_effects.py -k reward_model
+
 test-slow: install
-	$(PYTHON) -m pytest -q -m slow
+	$(foreach part,$(SLOW_PARTS),$(PYTHON) -m pytest -q -s -m slow $(SLOW_$(part)) &&) true
+
+test-slow-%: install
+	$(if $(SLOW_$*),,$(error no slow-tier part "$*": the parts are $(SLOW_PARTS)))
+	$(PYTHON) -m pytest -q -s -m slow $(SLOW_$*)
 
 # The default suite on the lowest versions setup.cfg allows and on the newest releases on PyPI (see .ci/compat.sh).
 test-compat:

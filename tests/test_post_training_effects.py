@@ -2,8 +2,9 @@
 
 The SFT base is the quickstart's pretrain and SFT recipes with `recipes/tiny/pretrain.yaml` and
 `recipes/tiny/sft.yaml`, the SFT without its pretraining replay (`--replay_docs 0`: the base every threshold below
-and the table in recipes/README.md were measured on; about 9 minutes on 2 CPU cores), built once per session; set
-`MINIMIND_HF_SFT_BASE` to an existing SFT folder (e.g. `outputs/quickstart/sft`) to reuse one. It answers 79% of
+and the table in recipes/README.md were measured on; about 9 minutes on 2 CPU cores), built once and cached on disk
+(`tests/utils.build_sft_base`; `make test-slow-bases` builds it); set `MINIMIND_HF_SFT_BASE` to an existing SFT
+folder (e.g. `outputs/quickstart/sft`) to use another. It answers 79% of
 held-out questions about people SFT talked about and 60% about people only the pretraining prose mentions, so "LoRA
 keeps the facts" is a guard with room to fail. Every test prints its measurements (`pytest -m slow -s` shows them):
 
@@ -73,9 +74,14 @@ def curriculum():
     return ensure_curriculum(seed=SEED)
 
 
+def build_base(tmp_path_factory):
+    """This module's SFT base (cached; `tests/test_sft_bases.py` builds and checks it as its own slow-tier part)."""
+    return build_sft_base(tmp_path_factory, QUIET, "--replay_docs", "0")
+
+
 @pytest.fixture(scope="session")
 def sft_base(tmp_path_factory):
-    return build_sft_base(tmp_path_factory, QUIET, "--replay_docs", "0")
+    return build_base(tmp_path_factory)
 
 
 def load(folder):

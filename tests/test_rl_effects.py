@@ -1,8 +1,8 @@
 """GRPO, CISPO, PPO, SPO and the reward model each do their job on the embedded curriculum, from a tiny SFT model (CPU, slow).
 
 The SFT base is the quickstart's: `recipes/tiny/pretrain.yaml` then `recipes/tiny/sft.yaml` (about 9 minutes on 2
-CPU cores), built once per session; set `MINIMIND_HF_SFT_BASE` to an SFT folder of the same curriculum seed (e.g.
-`outputs/quickstart/sft`) to reuse one. `MINIMIND_HF_CURRICULUM_SEED` picks the curriculum (default 0); each seed is
+CPU cores), built once and cached on disk (`tests/utils.build_sft_base`; `make test-slow-bases` builds it); set
+`MINIMIND_HF_SFT_BASE` to an SFT folder of the same curriculum seed (e.g. `outputs/quickstart/sft`) to use another. `MINIMIND_HF_CURRICULUM_SEED` picks the curriculum (default 0); each seed is
 one slow-tier part:
 
     MINIMIND_HF_SFT_BASE=outputs/quickstart/sft pytest -m slow tests/test_rl_effects.py -s
@@ -56,9 +56,14 @@ def report(stage: str, **numbers) -> None:
     print(f"\n[{stage} seed {SEED}] " + json.dumps(numbers, ensure_ascii=False))
 
 
+def build_base(tmp_path_factory):
+    """This module's SFT base (cached; `tests/test_sft_bases.py` builds and checks it as its own slow-tier part)."""
+    return build_sft_base(tmp_path_factory, QUIET)
+
+
 @pytest.fixture(scope="session")
 def sft_base(tmp_path_factory):
-    return build_sft_base(tmp_path_factory, QUIET)
+    return build_base(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

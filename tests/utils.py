@@ -116,11 +116,43 @@ def write_jsonl(path, records):
     return path
 
 
-def build_sft_base(tmp_path_factory, quiet: list[str], *sft_args: str) -> Path:
-    """The SFT model the slow effect tests start from: the folder `MINIMIND_HF_SFT_BASE` names, or the quickstart's
-    `tiny` pretrain and SFT recipes run into a fresh temporary folder (`quiet`: both recipes' extra flags, `sft_args`:
-    SFT's own)."""
+def sft_base_key(quiet: list[str], sft_args: tuple[str, ...]) -> str:
+    """The cache key of an SFT base: everything that decides its weights. The recipe flags, the package and recipe
+    sources (`minimind_hf/` with its tokenizer and chat templates, `recipes/*.py`, the tiny pretrain and SFT YAMLs),
+    the versions of the libraries that train it, and torch's thread count (float sums come in another order on
+    another count). Any edit to the code under test therefore builds a fresh base."""
+    import hashlib
+    import importlib.metadata
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(json.dumps([quiet, list(sft_args), torch.get_num_threads()]).encode())
+    for package in ("torch", "transformers", "trl", "accelerate", "datasets", "tokenizers"):
+        digest.update(f"{package}={importlib.metadata.version(package)}".encode())
+    sources = [p for p in sorted((root / "minimind_hf").rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    sources += sorted((root / "recipes").glob("*.py")) + [
+        root / "recipes" / "tiny" / f"{n}.yaml" for n in ("pretrain", "sft")
+    ]
+    for path in sources:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def slow_cache_dir() -> Path:
+    """Where the slow tier keeps what its parts share: `MINIMIND_HF_TEST_CACHE`, default
+    `~/.cache/minimind_hf/test-bases`."""
     import os
+
+    return Path(os.environ.get("MINIMIND_HF_TEST_CACHE") or Path.home() / ".cache" / "minimind_hf" / "test-bases")
+
+
+def build_sft_base(tmp_path_factory, quiet: list[str], *sft_args: str) -> Path:
+    """The SFT model the slow effect tests start from: the folder `MINIMIND_HF_SFT_BASE` names, else the quickstart's
+    `tiny` pretrain and SFT recipes (`quiet`: both recipes' extra flags, `sft_args`: SFT's own), run once and kept in
+    `slow_cache_dir()` under `sft_base_key`, so every part of the
+    slow tier (each its own pytest run) starts from the same base and only the first one trains it. The base is
+    built in a temporary folder and renamed into the cache complete, so an interrupted build leaves no base."""
+    import os
+    import shutil
 
     from recipes import pretrain, sft
 
@@ -129,6 +161,10 @@ def build_sft_base(tmp_path_factory, quiet: list[str], *sft_args: str) -> Path:
         if not (Path(given) / "config.json").is_file():
             pytest.fail(f"MINIMIND_HF_SFT_BASE={given} is not a model folder")
         return Path(given)
+    cache = slow_cache_dir()
+    cached = cache / sft_base_key(quiet, sft_args)
+    if (cached / "config.json").is_file():
+        return cached
     root = tmp_path_factory.mktemp("sft-base")
     tiny = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
     for module, name, extra in (
@@ -137,7 +173,14 @@ def build_sft_base(tmp_path_factory, quiet: list[str], *sft_args: str) -> Path:
     ):
         argv = ["--config", str(tiny / f"{name}.yaml"), "--output_dir", str(root / name), *extra, *quiet]
         module.main(*module.make_parser().parse_args_and_config(argv))
-    return root / "sft"
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = cache / f".{cached.name}.{os.getpid()}.partial"
+    shutil.copytree(root / "sft", staging)
+    try:
+        staging.rename(cached)
+    except OSError:  # another run finished the same base first: keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+    return cached
 
 
 def sigkill_after_checkpoint(
