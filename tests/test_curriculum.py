@@ -67,7 +67,7 @@ def test_every_stage_has_train_and_eval(curriculum):
         assert "eval" in files, stage
         assert stage == "passkey" or "train" in files, stage
     total = sum(p.stat().st_size for files in curriculum.values() for p in files.values())
-    assert total < 20 * 2**20
+    assert total < 32 * 2**20  # the 7,200 tool dialogues carry the tool schemas each: about 13 MiB
 
 
 @pytest.mark.parametrize(

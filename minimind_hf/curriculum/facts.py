@@ -21,7 +21,7 @@ MULTI_TURN_DIALOGUES = 800
 DPO_PAIRS = {"train": 2000, "eval": 200}
 UNKNOWN_PEOPLE, UNKNOWN_INVENTIONS = 400, 24  # DPO's never-mentioned names (`unknown_entities`)
 REASONING_TRACES = {"train": 2000, "eval": 200}
-TOOL_DIALOGUES = {"train": 1200, "eval": 100}
+TOOL_DIALOGUES = {"train": 7200, "eval": 100}
 # Agentic RL prompts (tool questions with their expected answers); the eval split is the tools eval split's questions.
 AGENT_PROMPTS = {"train": 600, "eval": TOOL_DIALOGUES["eval"]}
 # Passkey documents: filler sentences per document. Training documents stay inside a 256-token window; evaluation
