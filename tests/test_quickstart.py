@@ -121,11 +121,12 @@ def test_cached_decoding_check_catches_a_dropped_cache(monkeypatch):
         quickstart.check_cached_decoding(model, tokenizer)
 
 
-# The lowest held-out chat QA the full quickstart has measured per curriculum seed (recipes/seeds.py and earlier runs;
-# README "What the quickstart shows"): each seed's run must stay within 6 points of it.
-MEASURED = {0: {"sft_entities": 0.795, "pretrain_only": 0.808}, 1: {"sft_entities": 0.557, "pretrain_only": 0.616}}
-# What every seed 0-4 should reach and does not yet.
+# The held-out chat QA the full quickstart last measured per curriculum seed (seed 0: its run of 2026-12-07 on 2
+# threads; seed 1: recipes/seeds.py, README "What the quickstart shows"): each seed's run must stay within 6 points of it.
+MEASURED = {0: {"sft_entities": 0.925, "pretrain_only": 0.841}, 1: {"sft_entities": 0.557, "pretrain_only": 0.616}}
+# What every seed 0-4 should reach; the seeds last measured below it.
 TARGET = {"sft_entities": 0.85, "pretrain_only": 0.65}
+BELOW_TARGET = {1}
 
 
 @pytest.fixture(scope="module", params=sorted(MEASURED))
@@ -155,11 +156,11 @@ def test_quickstart_transfers_pretraining_facts_into_chat(full_quickstart):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="no seed reaches 85% / 65% yet (README seed table); strict: passing means fixed"
-)
-def test_quickstart_reaches_the_target_on_every_seed(full_quickstart):
-    _, metrics = full_quickstart
+def test_quickstart_reaches_the_target_on_every_seed(full_quickstart, request):
+    seed, metrics = full_quickstart
+    if seed in BELOW_TARGET:
+        reason = f"seed {seed} last measured below 85% / 65%; strict: passing means fixed"
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     assert all(metrics["eval"][split] >= target for split, target in TARGET.items())
 
 
