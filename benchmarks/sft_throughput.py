@@ -44,7 +44,6 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -229,25 +228,13 @@ def save_fresh_model(preset: str, overrides: dict, seed: int, folder: str) -> No
 
 
 def spawn(mode: str, model: str, args) -> dict:
-    """Runs this script as a worker for `mode` in a fresh process; its result, or `{"error": ...}`."""
-    with tempfile.TemporaryDirectory(prefix="sft_throughput-") as tmp:
-        result = Path(tmp) / "result.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--_worker", mode, "--_result", str(result)]
-        command += ["--_model", model, "--threads", str(args.threads), "--steps", str(args.steps)]
-        command += ["--warmup", str(args.warmup), "--config", str(args.config), "--seed", str(args.seed)]
-        command += ["--max_length", str(args.max_length), "--batch_size", str(args.batch_size)]
-        command += ["--learning_rate", str(args.learning_rate)] + (["--data", args.data] if args.data else [])
-        # The worker runs this checkout's recipe and library, however (or whether) the package is installed.
-        pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(args.threads)}
-        try:
-            run = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=ROOT)
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {args.timeout} s"}
-        if run.returncode != 0 or not result.exists():
-            lines = [line.strip() for line in run.stderr.splitlines() if line.strip()] or ["no output"]
-            return {"error": f"exit {run.returncode}: {lines[-1][:300]}"}
-        return json.loads(result.read_text(encoding="utf-8"))
+    """Runs this script as a worker for `mode` in a fresh process (`train_levers.run_worker`); its result, or
+    `{"error": ...}`."""
+    argv = ["--_worker", mode, "--_model", model, "--threads", str(args.threads), "--steps", str(args.steps)]
+    argv += ["--warmup", str(args.warmup), "--config", str(args.config), "--seed", str(args.seed)]
+    argv += ["--max_length", str(args.max_length), "--batch_size", str(args.batch_size)]
+    argv += ["--learning_rate", str(args.learning_rate)] + (["--data", args.data] if args.data else [])
+    return _sibling("train_levers").run_worker(__file__, argv, args.threads, args.timeout)
 
 
 def format_table(rows: list[dict]) -> str:

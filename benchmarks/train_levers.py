@@ -341,26 +341,32 @@ def _error_line(stderr: str) -> str:
     return (errors or lines or ["no output"])[-1][:300]
 
 
-def spawn(mode: str, threads: int, flags: list[str], args, extra: list[str]) -> dict:
-    """Runs this script as a worker in a fresh process; its result, or `{"error": ...}`."""
-    with tempfile.TemporaryDirectory(prefix="train_levers-") as tmp:
+def run_worker(script: str | os.PathLike, argv: list[str], threads: int, timeout: int) -> dict:
+    """Runs benchmark `script` with `argv` plus `--_result FILE` in a fresh process on `threads` threads and returns
+    the JSON it writes there, or `{"error": ...}` (timeout, non-zero exit or no result)."""
+    with tempfile.TemporaryDirectory(prefix=f"{Path(script).stem}-") as tmp:
         result = Path(tmp) / "result.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--_worker", mode, "--_result", str(result)]
-        command += ["--threads", str(threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        command += ["--profile_steps", str(args.profile_steps), "--config", str(args.config)]
-        command += ["--lm_repeats", str(args.lm_repeats), "--lm_warmup", str(args.lm_warmup), "--", *extra, *flags]
+        command = [sys.executable, str(Path(script).resolve()), "--_result", str(result), *argv]
         # The worker runs this checkout's recipe and library, however (or whether) the package is installed.
         pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         # A fresh inductor cache: torch.compile's on-disk cache would otherwise carry compiled code between runs.
         env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads)}
         env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
         try:
-            run = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=ROOT)
+            run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
         except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {args.timeout} s"}
+            return {"error": f"timed out after {timeout} s"}
         if run.returncode != 0 or not result.exists():
             return {"error": f"exit {run.returncode}: {_error_line(run.stderr)}"}
         return json.loads(result.read_text(encoding="utf-8"))
+
+
+def spawn(mode: str, threads: int, flags: list[str], args, extra: list[str]) -> dict:
+    """Runs this script as a worker in a fresh process; its result, or `{"error": ...}`."""
+    argv = ["--_worker", mode, "--threads", str(threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    argv += ["--profile_steps", str(args.profile_steps), "--config", str(args.config)]
+    argv += ["--lm_repeats", str(args.lm_repeats), "--lm_warmup", str(args.lm_warmup), "--", *extra, *flags]
+    return run_worker(__file__, argv, threads, args.timeout)
 
 
 def cpu_model() -> str:
