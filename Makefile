@@ -55,5 +55,6 @@ bench: install
 	$(PYTHON) benchmarks/moe_vs_dense.py --threads 1
 	$(PYTHON) benchmarks/pretrain_throughput.py --threads 1
 	$(PYTHON) benchmarks/sft_throughput.py --threads 2
+	$(PYTHON) benchmarks/dpo_throughput.py --threads 2
 	$(PYTHON) benchmarks/train_levers.py --threads 2
 	$(PYTHON) benchmarks/serve_load.py --threads 1 --clients 64

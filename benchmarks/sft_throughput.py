@@ -40,29 +40,26 @@ CPU timings are noisy: pin `--threads`, keep the machine otherwise idle; the loa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "benchmarks") not in sys.path:  # sibling scripts import as modules (benchmarks/ is not a package)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+import train_levers  # noqa: E402  (run_worker, the CPU model and load average)
+
 CONFIG = ROOT / "recipes" / "tiny" / "sft.yaml"
 MODES = ("recipe", "upstream")
-
-
-def _sibling(name: str):
-    """Another script of benchmarks/ (not a package), imported from its path."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+DATA = "the curriculum's SFT train split"
 
 
 def load_dialogues(data: str | None):
@@ -90,11 +87,11 @@ def _result(seconds: float, steps: int, real: int, positions: int, non_pad: int,
 
 def run_recipe(args) -> dict:
     """`recipes/sft.py` for `warmup + steps` optimizer steps in this process; counts of the steps after the warm-up."""
+    import pretrain_throughput as memory  # its peak-memory helpers
     from transformers import TrainerCallback
 
     from recipes import sft
 
-    memory = _sibling("pretrain_throughput")
     last = args.warmup + args.steps
     ends, batches, losses = {}, {}, {}
 
@@ -176,12 +173,12 @@ def upstream_batches(dialogues, tokenizer, order: list[int], max_length: int, ba
 
 def run_upstream(args) -> dict:
     """Upstream's SFT loop on the same model, dialogues, row length and batch size; counts of the timed steps."""
+    import pretrain_throughput as memory  # its peak-memory helpers
     from transformers import AutoModelForCausalLM
 
     from minimind_hf.chat_templates import training_chat_template
     from minimind_hf.tokenization import load_tokenizer
 
-    memory = _sibling("pretrain_throughput")
     dialogues = load_dialogues(args.data)
     total = args.warmup + args.steps
     generator = torch.Generator().manual_seed(args.seed)
@@ -227,14 +224,14 @@ def save_fresh_model(preset: str, overrides: dict, seed: int, folder: str) -> No
     load_tokenizer().save_pretrained(folder)
 
 
-def spawn(mode: str, model: str, args) -> dict:
-    """Runs this script as a worker for `mode` in a fresh process (`train_levers.run_worker`); its result, or
-    `{"error": ...}`."""
+def spawn(mode: str, model: str, args, script: str = __file__) -> dict:
+    """Runs `script` (this one, or another stage's benchmark built on it) as a worker for `mode` in a fresh process
+    (`train_levers.run_worker`); its result, or `{"error": ...}`."""
     argv = ["--_worker", mode, "--_model", model, "--threads", str(args.threads), "--steps", str(args.steps)]
     argv += ["--warmup", str(args.warmup), "--config", str(args.config), "--seed", str(args.seed)]
     argv += ["--max_length", str(args.max_length), "--batch_size", str(args.batch_size)]
     argv += ["--learning_rate", str(args.learning_rate)] + (["--data", args.data] if args.data else [])
-    return _sibling("train_levers").run_worker(__file__, argv, args.threads, args.timeout)
+    return train_levers.run_worker(script, argv, args.threads, args.timeout)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -253,16 +250,27 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def stage_of(namespace: dict) -> types.SimpleNamespace:
+    """A stage for `main` from a benchmark script's `globals()` (tests load scripts from their paths, so a script need
+    not be in `sys.modules`): its `__doc__`, `__file__`, `CONFIG`, `DATA` (the default data, in words), `run_recipe`
+    and `run_upstream` (each `(args) -> result dict`)."""
+    names = ("__doc__", "__file__", "CONFIG", "DATA", "run_recipe", "run_upstream")
+    return types.SimpleNamespace(**{name: namespace[name] for name in names})
+
+
+def main(argv: list[str] | None = None, stage: types.SimpleNamespace | None = None) -> list[dict]:
+    """Runs the benchmark of `stage` (`stage_of`; default: this script's, SFT; `benchmarks/dpo_throughput.py` is
+    another)."""
+    stage = stage or stage_of(globals())
+    parser = argparse.ArgumentParser(description=stage.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny"], help="names from minimind_hf.PRESETS")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every worker")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per (preset, mode)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
-    parser.add_argument("--config", default=str(CONFIG), help="the SFT recipe's YAML")
-    parser.add_argument("--data", help="SFT JSONL; defaults to the curriculum's SFT train split")
+    parser.add_argument("--config", default=str(stage.CONFIG), help="the recipe's YAML")
+    parser.add_argument("--data", help=f"JSONL in the recipe's format; defaults to {stage.DATA}")
     parser.add_argument("--max_length", type=int, help="row length (default: the YAML's max_length)")
-    parser.add_argument("--batch_size", type=int, help="dialogues per step (default: the YAML's)")
+    parser.add_argument("--batch_size", type=int, help="dialogues (pairs for DPO) per step (default: the YAML's)")
     parser.add_argument("--learning_rate", type=float, help="default: the YAML's")
     parser.add_argument("--config_overrides", default="{}", help="JSON MiniMindConfig fields for the fresh model")
     parser.add_argument("--seed", type=int, default=42, help="model initialisation and upstream's shuffle")
@@ -280,20 +288,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.learning_rate = args.learning_rate or float(shipped.get("learning_rate", 2e-5))
     torch.set_num_threads(args.threads)
     if args._worker:
-        result = run_recipe(args) if args._worker == "recipe" else run_upstream(args)
+        result = stage.run_recipe(args) if args._worker == "recipe" else stage.run_upstream(args)
         Path(args._result).write_text(json.dumps(result), encoding="utf-8")
         return [result]
 
-    levers = _sibling("train_levers")  # for its CPU model and load average
-    load_before = levers.load_average()
+    load_before = train_levers.load_average()
     rows = []
     for preset in args.presets:
-        with tempfile.TemporaryDirectory(prefix="sft_throughput-model-") as model:
+        with tempfile.TemporaryDirectory(prefix="throughput-model-") as model:
             save_fresh_model(preset, json.loads(args.config_overrides), args.seed, model)
             results = {}
             for mode in MODES:
                 print(f"running {preset} {mode} ...", file=sys.stderr, flush=True)
-                results[mode] = {"preset": preset, "mode": mode, **spawn(mode, model, args)}
+                results[mode] = {"preset": preset, "mode": mode, **spawn(mode, model, args, stage.__file__)}
         base = results["upstream"]
         for row in results.values():
             ok = "error" not in row and "error" not in base
@@ -301,12 +308,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.extend(results.values())
 
     print(
-        f"device=cpu ({levers.cpu_model()}, {os.cpu_count()} cores) threads={args.threads} torch={torch.__version__} "
+        f"device=cpu ({train_levers.cpu_model()}, {os.cpu_count()} cores) threads={args.threads} torch={torch.__version__} "
         f"config={os.path.relpath(args.config, ROOT)} max_length={args.max_length} batch_size={args.batch_size} "
-        f"steps={args.steps} warmup={args.warmup} data={args.data or 'curriculum sft/train'} load_avg={load_before}"
+        f"steps={args.steps} warmup={args.warmup} data={args.data or stage.DATA} load_avg={load_before}"
     )
     print(format_table(rows))
-    print(f"load_avg after: {levers.load_average()}; peak = CPU peak RSS growth during training")
+    print(f"load_avg after: {train_levers.load_average()}; peak = CPU peak RSS growth during training")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
     return rows

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import inspect
 import json
 import math
@@ -75,6 +74,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "benchmarks") not in sys.path:  # sibling scripts import as modules (benchmarks/ is not a package)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
 CONFIG = ROOT / "recipes" / "tiny" / "pretrain.yaml"
 # Recipe flags per lever, added after the YAML and the user's `--` arguments.
 LEVERS = {
@@ -96,16 +97,6 @@ OPTIMIZER = "Optimizer.step#"  # torch's own annotation of every optimizer step
 # Worker side: one recipe run (or the LM-head timing) in this process, results written as JSON.
 
 
-def _pretrain_throughput():
-    """`benchmarks/pretrain_throughput.py`, for its peak-memory helpers (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_throughput", Path(__file__).with_name("pretrain_throughput.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _recipe_argv(config: str, output_dir: str, extra: list[str], max_steps: int | None = None) -> list[str]:
     argv = ["--config", config, "--output_dir", output_dir, *extra]
     if max_steps is not None:
@@ -116,12 +107,12 @@ def _recipe_argv(config: str, output_dir: str, extra: list[str], max_steps: int 
 def run_recipe(config: str, extra: list[str], warmup: int, steps: int, profile_steps: int = 0) -> dict:
     """Runs `recipes/pretrain.py` for `warmup + steps` optimizer steps (or `warmup + profile_steps` under the
     profiler) in this process and returns the timings, losses and token counts of the steps after the warm-up."""
+    import pretrain_throughput as memory  # its peak-memory helpers
     from torch.profiler import ProfilerActivity, profile, record_function
     from transformers import TrainerCallback
 
     from recipes import pretrain
 
-    memory = _pretrain_throughput()
     profiled = profile_steps > 0
     last = warmup + (profile_steps if profiled else steps)
     record = {"ends": {}, "tokens_seen": {}, "labels": {}, "losses": {}}
