@@ -24,8 +24,9 @@ test: install
 # The slow tier in parts of at most 20 minutes on 2 cores, each its own pytest run (`make test-slow-bases`, ...;
 # `make test-slow` runs them in turn). The bases part builds the effect tests' SFT bases into the on-disk cache
 # (tests/utils.build_sft_base) and checks them; the effect parts after it start from the cache.
-SLOW_PARTS := quickstart bases post rl reward
-SLOW_quickstart := tests/test_quickstart.py
+SLOW_PARTS := quickstart0 quickstart1 bases post rl reward
+SLOW_quickstart0 := tests/test_quickstart.py -k seed0
+SLOW_quickstart1 := tests/test_quickstart.py -k seed1
 SLOW_bases := tests/test_sft_bases.py
 SLOW_post := tests/test_post_training_effects.py
 SLOW_rl := tests/test_rl_effects.py -k rl_raises

@@ -121,14 +121,15 @@ def test_cached_decoding_check_catches_a_dropped_cache(monkeypatch):
         quickstart.check_cached_decoding(model, tokenizer)
 
 
-# The held-out chat QA the full quickstart measured per curriculum seed (runs of 2026-12-07, 2 threads; README "What
-# the quickstart shows"): each seed's run must stay within 6 points of it.
-MEASURED = {0: {"sft_entities": 0.925, "pretrain_only": 0.841}, 1: {"sft_entities": 0.870, "pretrain_only": 0.829}}
+# The held-out chat QA the full quickstart measured per curriculum seed (`make seeds`, 2 threads; README "What the
+# quickstart shows"): each seed's run must stay within 6 points of it (the same seed has measured 4 points apart on
+# two machines of this project: 92.5% and 88.4% sft_entities).
+MEASURED = {0: {"sft_entities": 0.884, "pretrain_only": 0.805}, 1: {"sft_entities": 0.863, "pretrain_only": 0.860}}
 # What every seed should reach.
 TARGET = {"sft_entities": 0.85, "pretrain_only": 0.65}
 
 
-@pytest.fixture(scope="module", params=sorted(MEASURED))
+@pytest.fixture(scope="module", params=sorted(MEASURED), ids=lambda seed: f"seed{seed}")  # `-k seed0`: one slow part
 def full_quickstart(request, tmp_path_factory):
     """The full quickstart on one curriculum seed (one world: its own names and facts), about nine minutes on two quiet
     cores; shared by the tests below."""
