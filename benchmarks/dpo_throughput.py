@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -64,62 +62,18 @@ def _beta(config: str) -> float:
 
 def run_recipe(args) -> dict:
     """`recipes/dpo.py` for `warmup + steps` optimizer steps in this process; counts of the steps after the warm-up."""
-    import pretrain_throughput as memory  # its peak-memory helpers
-    from transformers import TrainerCallback
-
     from recipes import dpo
 
-    last = args.warmup + args.steps
-    ends, batches, losses = {}, {}, {}
+    def count(inputs) -> tuple[int, int, int]:
+        # TRL scores the completion tokens after the shift: completion_mask[:, 1:]
+        real = int(inputs["completion_mask"][:, 1:].sum())
+        return real, inputs["input_ids"].numel(), int(inputs["attention_mask"].sum())
 
-    class Timer(TrainerCallback):
-        def on_train_begin(self, train_args, state, control, **kwargs):
-            self.rss = memory._reset_cpu_peak()
-            ends[0] = time.perf_counter()
-
-        def on_step_end(self, train_args, state, control, **kwargs):
-            ends[state.global_step] = time.perf_counter()
-
-        def on_train_end(self, train_args, state, control, **kwargs):
-            self.peak = memory._cpu_peak_bytes(self.rss)
-
-    timer = Timer()
-
-    class BenchTrainer(dpo.DPOTrainer):
-        """The recipe's trainer plus the timer; keeps each micro-batch's completion mask, attention mask and loss."""
-
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.add_callback(timer)
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
-            # TRL scores the completion tokens after the shift: completion_mask[:, 1:]
-            real = int(inputs["completion_mask"][:, 1:].sum())
-            batches.setdefault(step, []).append(
-                (real, inputs["input_ids"].numel(), int(inputs["attention_mask"].sum()))
-            )
-            losses[step] = loss.item()
-            return loss
-
-    dpo.DPOTrainer = BenchTrainer
-    with tempfile.TemporaryDirectory(prefix="dpo_throughput-") as output_dir:
-        argv = ["--config", args.config, "--model_name_or_path", args._model, "--output_dir", output_dir]
-        argv += ["--max_steps", str(last), "--save_strategy", "no", "--report_to", "none"]
-        argv += ["--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size)]
-        argv += ["--learning_rate", str(args.learning_rate), "--seed", str(args.seed)]
-        argv += ["--dataset_files", args.data] if args.data else []
-        dpo.main(*dpo.make_parser().parse_args_and_config(argv))
-    if last not in ends:
-        raise RuntimeError(f"training stopped after {max(ends)} of {last} steps")
-    timed = [batch for step in range(args.warmup + 1, last + 1) for batch in batches[step]]
-    real, positions, non_pad = (sum(column) for column in zip(*timed))
-    result = sft_throughput._result(
-        ends[last] - ends[args.warmup], args.steps, real, positions, non_pad, timer.peak, losses[last]
-    )
-    result["first_loss"] = losses[1]
-    return result
+    argv = ["--config", args.config, "--model_name_or_path", args._model]
+    argv += ["--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size)]
+    argv += ["--learning_rate", str(args.learning_rate), "--seed", str(args.seed)]
+    argv += ["--dataset_files", args.data] if args.data else []
+    return sft_throughput.time_recipe(dpo, "DPOTrainer", argv, args, count)
 
 
 def dpo_loss(ref_logps: torch.Tensor, logps: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
@@ -181,15 +135,9 @@ def run_upstream(args) -> dict:
     from minimind_hf.tokenization import load_tokenizer
 
     pairs = load_pairs(args.data)
-    total = args.warmup + args.steps
-    generator = torch.Generator().manual_seed(args.seed)
-    order = []
-    while len(order) < total * args.batch_size:  # a fresh shuffle per epoch, as a shuffling DataLoader draws
-        order += torch.randperm(len(pairs), generator=generator).tolist()
+    order = sft_throughput.upstream_order(len(pairs), args)
     with training_chat_template(load_tokenizer(args._model)) as tokenizer:
-        batches = upstream_batches(
-            pairs, tokenizer, order[: total * args.batch_size], args.max_length, args.batch_size
-        )
+        batches = upstream_batches(pairs, tokenizer, order, args.max_length, args.batch_size)
     beta = _beta(args.config)
     model = AutoModelForCausalLM.from_pretrained(args._model).train()
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -197,8 +145,7 @@ def run_upstream(args) -> dict:
     rss = memory._reset_cpu_peak()
     ends, losses = [time.perf_counter()], []
     for step, batch in enumerate(batches):
-        # upstream's get_lr: cosine from lr * 1.1 down to lr / 10 over the run
-        lr = args.learning_rate / 10 + 0.5 * args.learning_rate * (1 + math.cos(math.pi * step / total))
+        lr = sft_throughput.upstream_lr(args, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.no_grad():

@@ -85,15 +85,17 @@ def _result(seconds: float, steps: int, real: int, positions: int, non_pad: int,
     }
 
 
-def run_recipe(args) -> dict:
-    """`recipes/sft.py` for `warmup + steps` optimizer steps in this process; counts of the steps after the warm-up."""
+def time_recipe(recipe, trainer_name: str, argv: list[str], args, count) -> dict:
+    """Runs `recipe.main` on `argv` for `warmup + steps` optimizer steps in this process (checkpointing and trackers
+    off, a temporary output folder), its trainer class `recipe.<trainer_name>` wrapped with a timer; `count(inputs)`
+    gives a micro-batch's (real tokens, positions, non-pad positions). The result of the steps after the warm-up, with
+    the first step's loss. Everything a step costs in the Trainer is timed: collation, forward, backward, clipping, the
+    optimizer, scheduler, callbacks and logging."""
     import pretrain_throughput as memory  # its peak-memory helpers
     from transformers import TrainerCallback
 
-    from recipes import sft
-
     last = args.warmup + args.steps
-    ends, batches, losses = {}, {}, {}
+    ends, counts, losses = {}, {}, {}
 
     class Timer(TrainerCallback):
         def on_train_begin(self, train_args, state, control, **kwargs):
@@ -107,9 +109,10 @@ def run_recipe(args) -> dict:
             self.peak = memory._cpu_peak_bytes(self.rss)
 
     timer = Timer()
+    base = getattr(recipe, trainer_name)
 
-    class BenchTrainer(sft.SFTTrainer):
-        """The recipe's trainer plus the timer; keeps each micro-batch's labels, attention mask and loss."""
+    class BenchTrainer(base):
+        """The recipe's trainer plus the timer; keeps each micro-batch's counts and loss."""
 
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
@@ -118,26 +121,55 @@ def run_recipe(args) -> dict:
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
             step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
-            mask = inputs.get("attention_mask")
-            non_pad = int(mask.sum()) if mask is not None else inputs["labels"].numel()
-            batches.setdefault(step, []).append((inputs["labels"].cpu(), non_pad))
+            counts.setdefault(step, []).append(count(inputs))
             losses[step] = loss.item()
             return loss
 
-    sft.SFTTrainer = BenchTrainer
-    with tempfile.TemporaryDirectory(prefix="sft_throughput-") as output_dir:
-        argv = ["--config", args.config, "--model_name_or_path", args._model, "--output_dir", output_dir]
-        argv += ["--replay_docs", "0", "--max_steps", str(last), "--save_strategy", "no", "--report_to", "none"]
-        argv += ["--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size)]
-        argv += ["--seed", str(args.seed)] + (["--dataset_files", args.data] if args.data else [])
-        sft.main(*sft.make_parser().parse_args_and_config(argv))
+    setattr(recipe, trainer_name, BenchTrainer)
+    try:
+        with tempfile.TemporaryDirectory(prefix="throughput-") as output_dir:
+            argv = [*argv, "--output_dir", output_dir, "--max_steps", str(last), "--save_strategy", "no"]
+            recipe.main(*recipe.make_parser().parse_args_and_config([*argv, "--report_to", "none"]))
+    finally:
+        setattr(recipe, trainer_name, base)
     if last not in ends:
         raise RuntimeError(f"training stopped after {max(ends)} of {last} steps")
-    timed = [batch for step in range(args.warmup + 1, last + 1) for batch in batches[step]]
-    real = sum(int((labels[:, 1:] != -100).sum()) for labels, _ in timed)
-    positions = sum(labels.numel() for labels, _ in timed)
-    non_pad = sum(count for _, count in timed)
-    return _result(ends[last] - ends[args.warmup], args.steps, real, positions, non_pad, timer.peak, losses[last])
+    timed = [batch for step in range(args.warmup + 1, last + 1) for batch in counts[step]]
+    real, positions, non_pad = (sum(column) for column in zip(*timed))
+    result = _result(ends[last] - ends[args.warmup], args.steps, real, positions, non_pad, timer.peak, losses[last])
+    result["first_loss"] = losses[1]
+    return result
+
+
+def run_recipe(args) -> dict:
+    """`recipes/sft.py` for `warmup + steps` optimizer steps in this process; counts of the steps after the warm-up."""
+    from recipes import sft
+
+    def count(inputs) -> tuple[int, int, int]:
+        labels, mask = inputs["labels"], inputs.get("attention_mask")
+        non_pad = int(mask.sum()) if mask is not None else labels.numel()
+        return int((labels[:, 1:] != -100).sum()), labels.numel(), non_pad
+
+    argv = ["--config", args.config, "--model_name_or_path", args._model, "--replay_docs", "0"]
+    argv += ["--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size)]
+    argv += ["--seed", str(args.seed)] + (["--dataset_files", args.data] if args.data else [])
+    return time_recipe(sft, "SFTTrainer", argv, args, count)
+
+
+def upstream_lr(args, step: int) -> float:
+    """Upstream's get_lr: cosine from lr * 1.1 down to lr / 10 over the run."""
+    total = args.warmup + args.steps
+    return args.learning_rate / 10 + 0.5 * args.learning_rate * (1 + math.cos(math.pi * step / total))
+
+
+def upstream_order(count: int, args) -> list[int]:
+    """The rows upstream's loop trains on, `(warmup + steps) * batch_size` indices into `count` rows: a fresh seeded
+    shuffle per epoch, as a shuffling DataLoader draws them."""
+    generator = torch.Generator().manual_seed(args.seed)
+    order, needed = [], (args.warmup + args.steps) * args.batch_size
+    while len(order) < needed:
+        order += torch.randperm(count, generator=generator).tolist()
+    return order[:needed]
 
 
 def upstream_batches(dialogues, tokenizer, order: list[int], max_length: int, batch_size: int) -> list[dict]:
@@ -180,22 +212,15 @@ def run_upstream(args) -> dict:
     from minimind_hf.tokenization import load_tokenizer
 
     dialogues = load_dialogues(args.data)
-    total = args.warmup + args.steps
-    generator = torch.Generator().manual_seed(args.seed)
-    order = []
-    while len(order) < total * args.batch_size:  # a fresh shuffle per epoch, as a shuffling DataLoader draws
-        order += torch.randperm(len(dialogues), generator=generator).tolist()
+    order = upstream_order(len(dialogues), args)
     with training_chat_template(load_tokenizer(args._model)) as tokenizer:
-        batches = upstream_batches(
-            dialogues, tokenizer, order[: total * args.batch_size], args.max_length, args.batch_size
-        )
+        batches = upstream_batches(dialogues, tokenizer, order, args.max_length, args.batch_size)
     model = AutoModelForCausalLM.from_pretrained(args._model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
     rss = memory._reset_cpu_peak()
     ends = [time.perf_counter()]
     for step, batch in enumerate(batches):
-        # upstream's get_lr: cosine from lr * 1.1 down to lr / 10 over the run
-        lr = args.learning_rate / 10 + 0.5 * args.learning_rate * (1 + math.cos(math.pi * step / total))
+        lr = upstream_lr(args, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss

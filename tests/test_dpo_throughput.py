@@ -2,9 +2,6 @@
 checked against the assistant tokens of the pairs it trained on, both losses at log 2 on the first step (policy equal
 to the reference), upstream's loss against a hand-computed value. No timing assertions."""
 
-import contextlib
-import io
-import json
 import math
 from pathlib import Path
 
@@ -13,7 +10,7 @@ import torch
 
 from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.tokenization import load_tokenizer
-from tests.utils import SMALL, load_script, write_jsonl
+from tests.utils import check_bench_rows, load_script, run_throughput_bench, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "dpo_throughput.py"
 MAX_LENGTH, BATCH_SIZE, WARMUP, STEPS = 64, 4, 1, 2
@@ -37,25 +34,14 @@ def run(tmp_path_factory):
     ]
     records[3]["chosen"][1]["content"] = "小明喜欢红色。" * 40  # longer than MAX_LENGTH: truncated
     data = write_jsonl(tmp / "dpo.jsonl", records)
-    bench = load_script(SCRIPT)
-    argv = ["--threads", "1", "--warmup", str(WARMUP), "--steps", str(STEPS), "--data", str(data)]
-    argv += ["--max_length", str(MAX_LENGTH), "--batch_size", str(BATCH_SIZE), "--config_overrides", SMALL]
-    argv += ["--json", str(tmp / "rows.json"), "--timeout", "120"]
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        rows = bench.main(argv)
-    return bench, data, rows, json.loads((tmp / "rows.json").read_text()), printed.getvalue()
+    bench, rows, written, printed = run_throughput_bench(SCRIPT, data, tmp, MAX_LENGTH, BATCH_SIZE, WARMUP, STEPS)
+    return bench, data, rows, written, printed
 
 
 def test_both_modes_train_from_the_reference_and_pad_as_designed(run):
     _, _, rows, written, printed = run
-    assert [(row["preset"], row["mode"]) for row in rows] == [("tiny", "recipe"), ("tiny", "upstream")]
-    assert written == rows
-    recipe, upstream = rows
+    recipe, upstream = check_bench_rows(rows, written, STEPS)
     for row in rows:
-        assert "error" not in row, row
-        assert row["steps"] == STEPS and row["threads"] == 1 and row["peak_bytes"] > 0
-        assert row["real_tokens"] > 0 and math.isfinite(row["loss"])
-        assert row["tokens_per_s"] == pytest.approx(row["real_tokens"] / row["seconds"])
         # the first step's policy is the reference: every log-ratio is 0 and the sigmoid loss is log 2
         assert row["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
     # upstream pads every chosen and rejected row to MAX_LENGTH (inputs ids[:, :-1]); TRL to the batch's longest row

@@ -2,17 +2,13 @@
 checked against the assistant tokens of the dialogues it trained on, the ratio column and the JSON. No timing
 assertions."""
 
-import contextlib
-import io
-import json
-import math
 from pathlib import Path
 
 import pytest
 
 from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.tokenization import load_tokenizer
-from tests.utils import SMALL, load_script, write_jsonl
+from tests.utils import check_bench_rows, run_throughput_bench, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "sft_throughput.py"
 MAX_LENGTH, BATCH_SIZE, WARMUP, STEPS = 128, 4, 1, 2
@@ -54,25 +50,13 @@ def run(tmp_path_factory):
     ]
     records[5]["conversations"][1]["content"] = answer * 60  # longer than MAX_LENGTH: truncated
     data = write_jsonl(tmp / "sft.jsonl", records)
-    bench = load_script(SCRIPT)
-    argv = ["--threads", "1", "--warmup", str(WARMUP), "--steps", str(STEPS), "--data", str(data)]
-    argv += ["--max_length", str(MAX_LENGTH), "--batch_size", str(BATCH_SIZE), "--config_overrides", SMALL]
-    argv += ["--json", str(tmp / "rows.json"), "--timeout", "120"]
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        rows = bench.main(argv)
-    return bench, data, rows, json.loads((tmp / "rows.json").read_text()), printed.getvalue()
+    bench, rows, written, printed = run_throughput_bench(SCRIPT, data, tmp, MAX_LENGTH, BATCH_SIZE, WARMUP, STEPS)
+    return bench, data, rows, written, printed
 
 
 def test_both_modes_train_and_pad_as_designed(run):
     _, _, rows, written, _ = run
-    assert [(row["preset"], row["mode"]) for row in rows] == [("tiny", "recipe"), ("tiny", "upstream")]
-    assert written == rows
-    recipe, upstream = rows
-    for row in rows:
-        assert "error" not in row, row
-        assert row["steps"] == STEPS and row["threads"] == 1 and row["peak_bytes"] > 0
-        assert row["real_tokens"] > 0 and math.isfinite(row["loss"]) and row["s_per_step"] > 0
-        assert row["tokens_per_s"] == pytest.approx(row["real_tokens"] / row["seconds"])
+    recipe, upstream = check_bench_rows(rows, written, STEPS)
     # upstream pads every dialogue to MAX_LENGTH; the recipe batches dialogues of similar length, padded to the longest
     assert upstream["positions"] == STEPS * BATCH_SIZE * MAX_LENGTH
     assert recipe["pad_fraction"] < 0.2 < 0.4 < upstream["pad_fraction"]

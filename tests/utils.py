@@ -221,3 +221,36 @@ def load_script(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_throughput_bench(
+    script: Path, data: Path, tmp: Path, max_length: int, batch_size: int, warmup: int, steps: int
+):
+    """A throughput benchmark built on `benchmarks/sft_throughput.py`'s harness (that script, or dpo_throughput) on the
+    test shape: one thread, `SMALL` models, `data`; returns the script's module, its rows, the rows its `--json` wrote
+    and what it printed."""
+    import contextlib
+    import io
+
+    bench = load_script(script)
+    argv = ["--threads", "1", "--warmup", str(warmup), "--steps", str(steps), "--data", str(data)]
+    argv += ["--max_length", str(max_length), "--batch_size", str(batch_size), "--config_overrides", SMALL]
+    argv += ["--json", str(tmp / "rows.json"), "--timeout", "120"]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        rows = bench.main(argv)
+    return bench, rows, json.loads((tmp / "rows.json").read_text()), printed.getvalue()
+
+
+def check_bench_rows(rows: list[dict], written: list[dict], steps: int) -> tuple[dict, dict]:
+    """The rows of `run_throughput_bench`: one recipe and one upstream row of `tiny`, as written to its JSON, each
+    trained `steps` timed steps on one thread with a finite loss and tokens/s = real tokens / seconds."""
+    import math
+
+    assert [(row["preset"], row["mode"]) for row in rows] == [("tiny", "recipe"), ("tiny", "upstream")]
+    assert written == rows
+    for row in rows:
+        assert "error" not in row, row
+        assert row["steps"] == steps and row["threads"] == 1 and row["peak_bytes"] > 0
+        assert row["real_tokens"] > 0 and math.isfinite(row["loss"]) and row["s_per_step"] > 0
+        assert row["tokens_per_s"] == pytest.approx(row["real_tokens"] / row["seconds"])
+    return rows[0], rows[1]
