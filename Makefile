@@ -17,7 +17,7 @@ seeds: install
 	$(PYTHON) recipes/seeds.py --output_dir outputs/seeds
 
 # The default suite on one worker process per core, at most 4 (pytest-xdist; each worker gets its share of the
-# threads, tests/conftest.py): 156 s on 2 cores against 392-447 s in one process (tests/forkrun.py included).
+# threads, tests/conftest.py): 276-449 s on 2 cores (fast and slow days of this machine), about twice that in one process.
 test: install
 	$(PYTHON) -m pytest -q -n auto --maxprocesses 4
 
