@@ -112,13 +112,13 @@ def upstream_batches(pairs, tokenizer, order: list[int], max_length: int, batch_
             non_pad += len(tokens) - 1  # the inputs are ids[:, :-1]
             ids.append(tokens + [tokenizer.pad_token_id] * pad)
             masks.append(list(mask) + [0] * pad)
-        ids, masks = torch.tensor(ids), torch.tensor(masks)
+        ids, targets_mask = torch.tensor(ids), torch.tensor(masks)[:, 1:]
         batches.append(
             {
                 "x": ids[:, :-1],
                 "y": ids[:, 1:],
-                "mask": masks[:, 1:].float(),
-                "real_tokens": int(masks[:, 1:].sum()),
+                "mask": targets_mask.float(),
+                "real_tokens": int(targets_mask.sum()),
                 "non_pad": non_pad,
                 "pairs": order[start : start + batch_size],
             }
@@ -151,23 +151,16 @@ def run_upstream(args) -> dict:
         with torch.no_grad():
             ref_logps = _token_logps(ref_model(input_ids=batch["x"], use_cache=False).logits, batch["y"])
         logps = _token_logps(model(input_ids=batch["x"], use_cache=False).logits, batch["y"])
-        loss = dpo_loss(ref_logps * batch["mask"], logps * batch["mask"], batch["mask"], beta)
+        loss = dpo_loss(ref_logps, logps, batch["mask"], beta)  # it masks both
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ends.append(time.perf_counter())
         losses.append(loss.item())
-    peak = memory._cpu_peak_bytes(rss)
-    timed = batches[args.warmup :]
-    real = sum(b["real_tokens"] for b in timed)
-    positions = sum(b["x"].numel() for b in timed)
-    non_pad = sum(b["non_pad"] for b in timed)
-    result = sft_throughput._result(
-        ends[-1] - ends[args.warmup], args.steps, real, positions, non_pad, peak, losses[-1]
-    )
+    result = sft_throughput.upstream_result(batches, "x", ends, args, memory._cpu_peak_bytes(rss), losses[-1])
     result["first_loss"] = losses[0]
-    result["pairs"] = [index for b in timed for index in b["pairs"]]
+    result["pairs"] = [index for b in batches[args.warmup :] for index in b["pairs"]]
     return result
 
 

@@ -128,8 +128,18 @@ def time_recipe(recipe, trainer_name: str, argv: list[str], args, count) -> dict
     setattr(recipe, trainer_name, BenchTrainer)
     try:
         with tempfile.TemporaryDirectory(prefix="throughput-") as output_dir:
-            argv = [*argv, "--output_dir", output_dir, "--max_steps", str(last), "--save_strategy", "no"]
-            recipe.main(*recipe.make_parser().parse_args_and_config([*argv, "--report_to", "none"]))
+            argv = [
+                *argv,
+                "--output_dir",
+                output_dir,
+                "--max_steps",
+                str(last),
+                "--save_strategy",
+                "no",
+                "--report_to",
+                "none",
+            ]
+            recipe.main(*recipe.make_parser().parse_args_and_config(argv))
     finally:
         setattr(recipe, trainer_name, base)
     if last not in ends:
@@ -170,6 +180,16 @@ def upstream_order(count: int, args) -> list[int]:
     while len(order) < needed:
         order += torch.randperm(count, generator=generator).tolist()
     return order[:needed]
+
+
+def upstream_result(batches: list[dict], inputs: str, ends: list[float], args, peak: int, loss: float) -> dict:
+    """The result of an upstream loop over `batches` (each with `real_tokens`, `non_pad` and its model inputs under
+    `inputs`) whose step `i` ended at `ends[i + 1]` (`ends[0]`: the start): counts of the steps after the warm-up."""
+    timed = batches[args.warmup :]
+    real = sum(b["real_tokens"] for b in timed)
+    positions = sum(b[inputs].numel() for b in timed)
+    non_pad = sum(b["non_pad"] for b in timed)
+    return _result(ends[-1] - ends[args.warmup], args.steps, real, positions, non_pad, peak, loss)
 
 
 def upstream_batches(dialogues, tokenizer, order: list[int], max_length: int, batch_size: int) -> list[dict]:
@@ -229,13 +249,8 @@ def run_upstream(args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ends.append(time.perf_counter())
-    peak = memory._cpu_peak_bytes(rss)
-    timed = batches[args.warmup :]
-    real = sum(b["real_tokens"] for b in timed)
-    positions = sum(b["labels"].numel() for b in timed)
-    non_pad = sum(b["non_pad"] for b in timed)
-    result = _result(ends[-1] - ends[args.warmup], args.steps, real, positions, non_pad, peak, loss.item())
-    result["dialogues"] = [index for b in timed for index in b["dialogues"]]
+    result = upstream_result(batches, "input_ids", ends, args, memory._cpu_peak_bytes(rss), loss.item())
+    result["dialogues"] = [index for b in batches[args.warmup :] for index in b["dialogues"]]
     return result
 
 
