@@ -9,7 +9,7 @@ output finds it. What runs how:
   `--max_steps 1`), each in a child forked from a process that imported the libraries once (`tests/forkrun.py`:
   what `python` would do, minus 4-5 s of imports per command);
 - recipes on GPU presets are parsed by their own argument parser (as `accelerate launch` would start them; without a
-  GPU their bf16 becomes CPU autocast), and so is the quickstart (`make quickstart` runs it for real elsewhere);
+  GPU their bf16 becomes CPU autocast or fp32, by the CPU), and so is the quickstart (`make quickstart` runs it for real elsewhere);
 - `make` targets are checked with `make -n`;
 - `--push` uploads to a local Hub stand-in (`fake_hub.FakeHub`), which must receive the folder;
 - commands that need what this machine cannot have (a GPU engine, ollama) are listed in `NOT_HERE`

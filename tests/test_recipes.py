@@ -2,6 +2,7 @@
 input stops before anything is written, runs resume, MoE aux loss is logged, packing isolates documents."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from minimind_hf import training
 from minimind_hf.packing import PackedCollator, tokenize_and_pack
 from minimind_hf.tokenization import load_tokenizer
 from minimind_hf.training import STAGING, ModelArguments, RecipeError, build_model, checkpoint_problem
@@ -55,19 +57,55 @@ def test_unknown_yaml_key_names_the_file(tmp_path):
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the CPU-only behaviour")
-def test_bf16_on_a_cpu_only_machine_trains_in_cpu_autocast(tmp_path):
-    """transformers refuses `bf16` without an accelerator unless `use_cpu` is set; the parser sets it."""
+@pytest.mark.parametrize("native", [True, False], ids=["bf16_cpu", "avx2_cpu"])
+def test_bf16_on_a_cpu_only_machine(tmp_path, monkeypatch, caplog, native):
+    """transformers refuses `bf16` without an accelerator unless `use_cpu` is set; the parser sets it where the CPU
+    has bf16 instructions or the command line asks for bf16. A YAML's or the default's bf16 on a CPU without them
+    (emulated autocast, many times slower) trains in fp32 and says so."""
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
     config = tmp_path / "bf16.yaml"
     config.write_text("preset: tiny\noutput_dir: x\nbf16: true\n")
-    for argv in (["--config", str(config)], ["--preset", "tiny", "--output_dir", "x", "--bf16", "true"]):
-        training_args = pretrain.make_parser().parse_args_and_config(argv)[1]
-        assert training_args.bf16 and training_args.use_cpu
+
+    def parse(*argv):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="minimind_hf.training"):
+            return pretrain.make_parser().parse_args_and_config(list(argv))[1]
+
+    # the YAML's bf16, and TRL's default (bf16 unless fp16) as the GPU presets' YAMLs have it
+    for argv in (["--config", str(config)], ["--preset", "tiny", "--output_dir", "x"]):
+        training_args = parse(*argv)
+        assert training_args.bf16 is native and training_args.use_cpu is native
+        assert ("training in fp32" in caplog.text) is not native
+    # asked for on the command line: bf16 autocast on any CPU
+    for argv in (
+        ["--preset", "tiny", "--output_dir", "x", "--bf16", "true"],
+        ["--config", str(config), "--bf16=true"],
+    ):
+        training_args = parse(*argv)
+        assert training_args.bf16 and training_args.use_cpu and "fp32" not in caplog.text
     # bf16 switched off on the command line: use_cpu stays as it was
-    training_args = pretrain.make_parser().parse_args_and_config(["--config", str(config), "--bf16", "false"])[1]
+    training_args = parse("--config", str(config), "--bf16", "false")
     assert not training_args.bf16 and not training_args.use_cpu
-    # TRL's default (bf16 unless fp16), as the GPU presets' YAMLs have it
-    training_args = pretrain.make_parser().parse_args_and_config(["--preset", "tiny", "--output_dir", "x"])[1]
-    assert training_args.bf16 and training_args.use_cpu
+
+
+def test_cpu_has_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(training.torch.cpu, "get_capabilities", lambda: {"avx2": True}, raising=False)
+    real_path = training.Path
+    monkeypatch.setattr(training, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    for line, native in [
+        ("flags\t\t: fpu avx avx2 fma", False),
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16", True),
+        ("flags\t\t: fpu avx2 amx_bf16 amx_tile", True),
+        ("Features\t: fp asimd bf16 i8mm", True),
+        ("Features\t: fp asimd", False),
+    ]:
+        cpuinfo.write_text(f"processor\t: 0\n{line}\n")
+        assert training.cpu_has_native_bf16() is native, line
+    cpuinfo.unlink()  # no /proc (macOS): the capabilities torch reports decide
+    assert training.cpu_has_native_bf16() is False
+    monkeypatch.setattr(training.torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True}, raising=False)
+    assert training.cpu_has_native_bf16() is True
 
 
 @pytest.fixture(scope="module")
