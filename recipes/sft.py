@@ -21,6 +21,7 @@ from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.curriculum import ensure_curriculum
 from minimind_hf.data import add_random_system_prompt, load_pretrain_dataset, load_sft_dataset, strip_empty_think
 from minimind_hf.lora import lora_config
+from minimind_hf.trainers import SharedPrefixSFTTrainer
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
@@ -54,6 +55,14 @@ class SFTDataArguments(DataArguments):
         metadata={
             "help": "Pretraining documents mixed into SFT (drawn with `augmentation_seed`), loss on every token as in "
             "pretraining: keeps what only pretraining taught (0: none)."
+        },
+    )
+    shared_prefix: bool = field(
+        default=False,
+        metadata={
+            "help": "Dialogues of a batch that open with the same tokens (a system prompt with tool schemas) feed them "
+            "once, with a mask that keeps every dialogue's loss and gradients as in its own row "
+            "(minimind_hf.packing.SharedPrefixCollator)."
         },
     )
     replay_files: list[str] | None = field(
@@ -105,6 +114,8 @@ def make_parser() -> RecipeParser:
 def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: ModelArguments) -> dict:
     if data_args.replay_docs > 0 and training_args.packing:
         raise RecipeError("replay_docs mixes unpacked pretraining rows into SFT: set packing: false to replay")
+    if data_args.shared_prefix and (training_args.packing or training_args.padding_free):
+        raise RecipeError("shared_prefix builds its own rows: set packing: false and padding_free: false")
     resume_from = check_output_dir(training_args)
     tokenizer = recipe_tokenizer(model_args)
     train_dataset, eval_dataset = load_datasets(data_args)
@@ -113,7 +124,7 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
 
     # The training template renders the same text but marks assistant spans for `assistant_only_loss`.
     with training_chat_template(tokenizer):
-        trainer = SFTTrainer(
+        trainer = (SharedPrefixSFTTrainer if data_args.shared_prefix else SFTTrainer)(
             model=model,
             args=training_args,
             train_dataset=train_dataset,

@@ -3,6 +3,7 @@
 from .distillation import LogitDistillationConfig, LogitDistillationTrainer, check_teacher_vocabulary
 from .pretraining import PretrainTrainer
 from .reasoning import ReasoningSFTConfig, ReasoningSFTTrainer, reasoning_tag_weights
+from .shared_prefix import SharedPrefixSFTTrainer
 
 __all__ = [
     "LogitDistillationConfig",
@@ -10,6 +11,7 @@ __all__ = [
     "PretrainTrainer",
     "ReasoningSFTConfig",
     "ReasoningSFTTrainer",
+    "SharedPrefixSFTTrainer",
     "check_teacher_vocabulary",
     "reasoning_tag_weights",
 ]
