@@ -54,6 +54,7 @@ def train_tokenizer(
     reserved_tokens: bool = True,
     min_frequency: int = 2,
     chat_template: str | None = None,
+    split_digits: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Trains a byte-level BPE tokenizer with the `tokenizers` library.
 
@@ -68,13 +69,21 @@ def train_tokenizer(
             Minimum pair frequency for a merge.
         chat_template (`str`, *optional*):
             Jinja chat template; defaults to the package's inference template.
+        split_digits (`bool`, *optional*, defaults to `False`):
+            Pre-tokenise every digit as its own token (as LLaMA and Qwen do), so a number has the same tokens wherever
+            it stands (" 4821" in a question, "4821" inside JSON arguments); otherwise BPE merges digit runs, and the
+            same number can split differently by context.
 
     Returns:
         [`~transformers.PreTrainedTokenizerFast`]: bos `<|im_start|>`, eos `<|im_end|>`, pad and unk `<|endoftext|>`.
     """
     reserved = list(RESERVED_TOKENS) if reserved_tokens else []
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        backend.pre_tokenizer = byte_level
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -42,6 +42,9 @@ class TokenizerArguments:
         metadata={"help": "Add minimind-3's reserved single tokens (<tool_call> ... </think>) at ids 3-8."},
     )
     min_frequency: int = field(default=2, metadata={"help": "Minimum pair frequency for a BPE merge."})
+    split_digits: bool = field(
+        default=False, metadata={"help": "Every digit its own token, so a number tokenises the same in any context."}
+    )
     curriculum_seed: int | None = field(
         default=0,
         metadata={"help": "Seed of the embedded curriculum whose training text is included; null leaves it out."},
@@ -76,6 +79,7 @@ def main(args: TokenizerArguments) -> dict[str, dict[str, float]]:
         vocab_size=args.vocab_size,
         reserved_tokens=args.reserved_tokens,
         min_frequency=args.min_frequency,
+        split_digits=args.split_digits,
     )
     save_tokenizer(tokenizer, args.output_dir)
     report = {}

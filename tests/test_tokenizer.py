@@ -104,6 +104,22 @@ def test_train_without_reserved_tokens():
     assert len(tokenizer("<think>", add_special_tokens=False)["input_ids"]) > 1
 
 
+def test_split_digits_tokenises_a_number_the_same_in_any_context(tmp_path):
+    """With `split_digits`, every digit is one token, so a number copied from a question into JSON arguments or from a
+    tool reply into an answer is the same tokens; without it BPE learns digit merges that split by context."""
+    texts = [f'{a} + {b} = {a + b}. {{"expression": "{a}+{b}"}}' for a in range(100, 400, 7) for b in (12, 35)]
+    merged = train_tokenizer(texts * 5, vocab_size=400)
+    split = train_tokenizer(texts * 5, vocab_size=400, split_digits=True)
+    save_tokenizer(split, tmp_path / "tok")
+    split = AutoTokenizer.from_pretrained(tmp_path / "tok")  # the pre-tokenizer is saved with it
+    assert any(len(t.strip('Ġ"')) > 1 and t.strip('Ġ"').isdigit() for t in merged.get_vocab())
+    for text in (" 4821 + 37", '{"expression": "4821+37"}', "<tool_response>\n28000\n</tool_response>"):
+        ids = split(text, add_special_tokens=False)["input_ids"]
+        digits = [t.lstrip("Ġ") for t in split.convert_ids_to_tokens(ids) if any(c.isdigit() for c in t)]
+        assert all(len(t) == 1 for t in digits), digits
+        assert split.decode(ids) == text
+
+
 UPSTREAM_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' -%}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
     "{%- else -%}{{- '<|im_start|>system\\nYou are a helpful assistant<|im_end|>\\n' }}{%- endif %}"
