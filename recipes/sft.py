@@ -121,6 +121,11 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
     train_dataset, eval_dataset = load_datasets(data_args)
     replay = data_args.replay_dataset(tokenizer, training_args.max_length)
     model = build_model(model_args, tokenizer, seed=training_args.seed)
+    attention = getattr(model.config, "_attn_implementation", None)
+    if data_args.shared_prefix and attention not in ("sdpa", "eager"):
+        raise RecipeError(
+            f"shared_prefix needs a 4D attention mask, which sdpa and eager take; this model uses {attention}"
+        )
 
     # The training template renders the same text but marks assistant spans for `assistant_only_loss`.
     with training_chat_template(tokenizer):

@@ -131,6 +131,13 @@ def test_the_sft_recipe_with_shared_prefix_logs_the_same_losses(tmp_path):
         logs[shared] = [(e["loss"], e["num_tokens"]) for e in history if "loss" in e]
     assert [loss for loss, _ in logs["true"]] == pytest.approx([loss for loss, _ in logs["false"]], rel=1e-4)
     assert logs["true"][-1][1] < 0.35 * logs["false"][-1][1]
+    with pytest.raises(RecipeError, match="shared_prefix needs a 4D attention mask.*flex_attention"):
+        sft.main(
+            *sft.make_parser().parse_args_and_config(
+                ["--config", "recipes/tiny/sft_tools.yaml", "--model_name_or_path", "", "--preset", "tiny",
+                 "--output_dir", str(tmp_path / "x"), "--attn_implementation", "flex_attention"]
+            )
+        )  # fmt: skip
     with pytest.raises(RecipeError, match="shared_prefix"):
         sft.main(
             *sft.make_parser().parse_args_and_config(
