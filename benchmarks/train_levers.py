@@ -371,13 +371,11 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> str:
-    """The bf16 matrix instructions the CPU has (Linux), which decide whether bf16 autocast can pay off."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    found = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags.split()]
-    return ",".join(found) or "none"
+    """The bf16 matrix instructions the CPU has, which decide whether bf16 autocast can pay off (and whether the
+    recipes train a YAML's bf16 in bf16 on this CPU: `minimind_hf.training.cpu_has_native_bf16`)."""
+    from minimind_hf.training import cpu_bf16_instructions
+
+    return ",".join(cpu_bf16_instructions()) or "none"
 
 
 def load_average() -> str:

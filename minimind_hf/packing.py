@@ -9,6 +9,7 @@ block-diagonal causal mask per row. The right padding of a short row is given po
 more "document" that real tokens never attend to.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -81,14 +82,6 @@ class PackedCollator:
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 @dataclass
 class SharedPrefixCollator:
     """Wraps an SFT collator: dialogues of a batch that begin with the same tokens (a long system prompt with tool
@@ -128,7 +121,7 @@ class SharedPrefixCollator:
         shared: list[int] = []
         for row in rows:
             if groups:
-                common = min(_common_prefix(groups[-1][0][0], row[0]), shared[-1], row[2] - 1)
+                common = min(len(os.path.commonprefix([groups[-1][0][0], row[0]])), shared[-1], row[2] - 1)
                 if common >= self.min_prefix:
                     groups[-1].append(row)
                     shared[-1] = common

@@ -148,9 +148,12 @@ class DataArguments:
         return [paths[stage]["train"]], self.eval_files
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions: x86 AVX512-BF16 or AMX, Arm BF16. Without them CPU autocast to
-    bfloat16 is emulated: on a 2-core AVX2 machine a `tiny` pretraining step took 15x as long as in fp32."""
+BF16_INSTRUCTIONS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX512-BF16, x86 AMX, Arm BF16
+
+
+def cpu_bf16_instructions() -> list[str]:
+    """The bf16 matrix instructions this CPU has, by the names of `BF16_INSTRUCTIONS`, from the capabilities torch
+    reports (`torch.cpu.get_capabilities`, recent torch) and the flags of /proc/cpuinfo (Linux)."""
     caps = dict(torch.cpu.get_capabilities()) if hasattr(torch.cpu, "get_capabilities") else {}
     flags = set()
     try:
@@ -159,7 +162,13 @@ def cpu_has_native_bf16() -> bool:
                 flags.update(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return any(caps.get(name) is True or name in flags for name in ("avx512_bf16", "amx_bf16", "bf16"))
+    return [name for name in BF16_INSTRUCTIONS if caps.get(name) is True or name in flags]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions. Without them CPU autocast to bfloat16 is emulated: on a 2-core
+    AVX2 machine a `tiny` pretraining step took 15x as long as in fp32."""
+    return bool(cpu_bf16_instructions())
 
 
 class RecipeError(ValueError):
