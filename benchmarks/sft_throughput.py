@@ -2,11 +2,12 @@
 
     python benchmarks/sft_throughput.py --threads 2
     python benchmarks/sft_throughput.py --threads 1 --presets tiny minimind2-small --warmup 2 --steps 8 --json sft.json
+    python benchmarks/sft_throughput.py --threads 2 --config recipes/tiny/sft_tools.yaml --steps 10  # shared prefix
 
-Both modes start from the same freshly initialised model of the preset (built once with `--seed`, saved with the
-shipped tokenizer to a temporary folder that both load), train on the same dialogues (the curriculum's SFT training
-split as the recipe loads it, with its seeded system-prompt and empty-think augmentations, or `--data FILE.jsonl`),
-rows cut to the same `--max_length` and `--batch_size` dialogues per step (default: the YAML's, 512 and 16 for tiny),
+All modes start from the same freshly initialised model of the preset (built once with `--seed`, saved with the
+shipped tokenizer to a temporary folder that all load), train on the same dialogues (the training split of the YAML's
+`curriculum_stage`, `sft` or `tools`, as the recipe loads it, with its seeded system-prompt and empty-think
+augmentations, or `--data FILE.jsonl`), rows cut to the same `--max_length` and `--batch_size` dialogues per step (default: the YAML's, 512 and 16 for tiny),
 on the same `--threads`. Rows, per preset:
 
 - recipe (ours): `recipes/sft.py` as a user runs it, `main(*make_parser().parse_args_and_config(argv))` with `--config`
@@ -14,6 +15,10 @@ on the same `--threads`. Rows, per preset:
   dialogues of similar length, padded to the longest), `--replay_docs 0` (dialogues only), `--max_steps` =
   `--warmup` + `--steps`, checkpointing and trackers off. Everything a step costs in the Trainer is timed: collation,
   forward, backward, clipping, the optimizer (fused AdamW, the Trainer's default), scheduler, callbacks and logging.
+- unshared: only for a YAML with `shared_prefix: true` (`recipes/tiny/sft_tools.yaml`): the recipe row with
+  `--shared_prefix false`, every dialogue in its own row with its own copy of the common prompt; recipe / unshared is
+  the shared-prefix lever's own speed-up. (`num_tokens_fed`, which the shared-prefix collator sends with its 4D mask,
+  counts the positions fed.)
 - upstream (baseline): a plain PyTorch loop as upstream MiniMind's `train_full_sft.py` runs one: each dialogue rendered
   with the chat template and tokenised, truncated and right-padded to `--max_length`, labels -100 on padding and on
   everything but the assistant spans (our training template's assistant mask: after `<|im_start|>assistant\\n` through
@@ -58,15 +63,16 @@ if str(ROOT / "benchmarks") not in sys.path:  # sibling scripts import as module
 import train_levers  # noqa: E402  (run_worker, the CPU model and load average)
 
 CONFIG = ROOT / "recipes" / "tiny" / "sft.yaml"
-MODES = ("recipe", "upstream")
+MODES = ("recipe", "unshared", "upstream")
 DATA = "the curriculum's SFT train split"
 
 
-def load_dialogues(data: str | None):
-    """The SFT training dialogues as the recipe loads them (`messages`, `tools`), augmentations included."""
+def load_dialogues(data: str | None, stage: str = "sft"):
+    """The SFT training dialogues as the recipe loads them (`messages`, `tools`), augmentations included: `data`, or
+    the curriculum's `stage` (the YAML's `curriculum_stage`)."""
     from recipes import sft
 
-    return sft.load_datasets(sft.SFTDataArguments(dataset_files=[data] if data else None))[0]
+    return sft.load_datasets(sft.SFTDataArguments(dataset_files=[data] if data else None, curriculum_stage=stage))[0]
 
 
 def _result(seconds: float, steps: int, real: int, positions: int, non_pad: int, peak: int, loss: float) -> dict:
@@ -151,19 +157,25 @@ def time_recipe(recipe, trainer_name: str, argv: list[str], args, count) -> dict
     return result
 
 
-def run_recipe(args) -> dict:
-    """`recipes/sft.py` for `warmup + steps` optimizer steps in this process; counts of the steps after the warm-up."""
+def run_recipe(args, unshared: bool = False) -> dict:
+    """`recipes/sft.py` (`unshared`: with `--shared_prefix false`) for `warmup + steps` optimizer steps in this
+    process; counts of the steps after the warm-up."""
     from recipes import sft
 
     def count(inputs) -> tuple[int, int, int]:
         labels, mask = inputs["labels"], inputs.get("attention_mask")
-        non_pad = int(mask.sum()) if mask is not None else labels.numel()
+        if "num_tokens_fed" in inputs:  # shared-prefix rows: a 4D mask, whose sum is not the positions fed
+            non_pad = int(inputs["num_tokens_fed"])
+        else:
+            non_pad = int(mask.sum()) if mask is not None else labels.numel()
         return int((labels[:, 1:] != -100).sum()), labels.numel(), non_pad
 
     argv = ["--config", args.config, "--model_name_or_path", args._model, "--replay_docs", "0"]
+    argv += ["--shared_prefix", "false"] if unshared else []
     argv += ["--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size)]
     argv += ["--seed", str(args.seed)] + (["--dataset_files", args.data] if args.data else [])
-    return time_recipe(sft, "SFTTrainer", argv, args, count)
+    shared = args._shared_prefix and not unshared
+    return time_recipe(sft, "SharedPrefixSFTTrainer" if shared else "SFTTrainer", argv, args, count)
 
 
 def upstream_lr(args, step: int) -> float:
@@ -231,7 +243,7 @@ def run_upstream(args) -> dict:
     from minimind_hf.chat_templates import training_chat_template
     from minimind_hf.tokenization import load_tokenizer
 
-    dialogues = load_dialogues(args.data)
+    dialogues = load_dialogues(args.data, args._stage)
     order = upstream_order(len(dialogues), args)
     with training_chat_template(load_tokenizer(args._model)) as tokenizer:
         batches = upstream_batches(dialogues, tokenizer, order, args.max_length, args.batch_size)
@@ -327,18 +339,27 @@ def main(argv: list[str] | None = None, stage: types.SimpleNamespace | None = No
     args.batch_size = args.batch_size or shipped.get("per_device_train_batch_size", 8)
     args.learning_rate = args.learning_rate or float(shipped.get("learning_rate", 2e-5))
     torch.set_num_threads(args.threads)
+    args._stage = shipped.get("curriculum_stage", "sft")
+    args._shared_prefix = bool(shipped.get("shared_prefix"))
     if args._worker:
-        result = stage.run_recipe(args) if args._worker == "recipe" else stage.run_upstream(args)
+        if args._worker == "upstream":
+            result = stage.run_upstream(args)
+        elif args._worker == "unshared":
+            result = stage.run_recipe(args, unshared=True)
+        else:
+            result = stage.run_recipe(args)
         Path(args._result).write_text(json.dumps(result), encoding="utf-8")
         return [result]
 
+    # A YAML that shares prompt prefixes (sft_tools.yaml) gets a row without the sharing: the lever's own ratio.
+    modes = [m for m in MODES if m != "unshared" or args._shared_prefix]
     load_before = train_levers.load_average()
     rows = []
     for preset in args.presets:
         with tempfile.TemporaryDirectory(prefix="throughput-model-") as model:
             save_fresh_model(preset, json.loads(args.config_overrides), args.seed, model)
             results = {}
-            for mode in MODES:
+            for mode in modes:
                 print(f"running {preset} {mode} ...", file=sys.stderr, flush=True)
                 results[mode] = {"preset": preset, "mode": mode, **spawn(mode, model, args, stage.__file__)}
         base = results["upstream"]

@@ -92,3 +92,36 @@ def test_ratio_column_is_recipe_over_upstream_and_the_header_names_the_setup(run
     table = {line.split()[1]: line.split() for line in lines if line.startswith("tiny ")}
     assert table["upstream"][-1] == "1.00" and table["recipe"][-1] == f"{recipe['ratio']:.2f}"
     assert table["recipe"][3] == f"{recipe['pad_fraction']:.3f}"
+
+
+def test_a_shared_prefix_yaml_adds_the_unshared_row_with_the_same_targets_and_fewer_positions(tmp_path):
+    """A YAML with `shared_prefix: true` gets the `unshared` row: the same recipe, dialogues and targets, every
+    dialogue in its own row; the shared rows feed the long common system prompt once per group."""
+    import yaml
+
+    config = yaml.safe_load((SCRIPT.parent.parent / "recipes" / "tiny" / "sft.yaml").read_text(encoding="utf-8"))
+    config["shared_prefix"] = True
+    (tmp_path / "shared.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    system = "You can use tools. " * 12  # a long prompt every dialogue begins with
+    records = [
+        {
+            "conversations": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"Question {i}?"},
+                {"role": "assistant", "content": "Yes." * (1 + i % 3)},
+            ]
+        }
+        for i in range(24)
+    ]
+    data = write_jsonl(tmp_path / "sft.jsonl", records)
+    extra = ["--config", str(tmp_path / "shared.yaml")]
+    _, rows, _, printed = run_throughput_bench(SCRIPT, data, tmp_path, 256, 4, 1, 2, extra)
+    assert [row["mode"] for row in rows] == ["recipe", "unshared", "upstream"]
+    shared, unshared, upstream = rows
+    assert all("error" not in row for row in rows), rows
+    assert shared["real_tokens"] == unshared["real_tokens"]  # upstream's shuffle draws other dialogues
+    assert shared["first_loss"] == pytest.approx(unshared["first_loss"], rel=1e-4)
+    # four ~70-token dialogues per step, 60 of them the prompt: one group feeds it once instead of four times
+    assert shared["non_pad_positions"] < 0.5 * unshared["non_pad_positions"]
+    assert unshared["ratio"] == pytest.approx(unshared["tokens_per_s"] / upstream["tokens_per_s"])
+    assert any(line.startswith("tiny") and " unshared " in line for line in printed.splitlines())

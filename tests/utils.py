@@ -224,18 +224,18 @@ def load_script(path: Path):
 
 
 def run_throughput_bench(
-    script: Path, data: Path, tmp: Path, max_length: int, batch_size: int, warmup: int, steps: int
+    script: Path, data: Path, tmp: Path, max_length: int, batch_size: int, warmup: int, steps: int, extra=()
 ):
     """A throughput benchmark built on `benchmarks/sft_throughput.py`'s harness (that script, or dpo_throughput) on the
-    test shape: one thread, `SMALL` models, `data`; returns the script's module, its rows, the rows its `--json` wrote
-    and what it printed."""
+    test shape: one thread, `SMALL` models, `data`, plus the arguments `extra`; returns the script's module, its rows,
+    the rows its `--json` wrote and what it printed."""
     import contextlib
     import io
 
     bench = load_script(script)
     argv = ["--threads", "1", "--warmup", str(warmup), "--steps", str(steps), "--data", str(data)]
     argv += ["--max_length", str(max_length), "--batch_size", str(batch_size), "--config_overrides", SMALL]
-    argv += ["--json", str(tmp / "rows.json"), "--timeout", "120"]
+    argv += ["--json", str(tmp / "rows.json"), "--timeout", "120", *extra]
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         rows = bench.main(argv)
     return bench, rows, json.loads((tmp / "rows.json").read_text()), printed.getvalue()
