@@ -4,7 +4,7 @@
     python benchmarks/sft_throughput.py --threads 1 --presets tiny minimind2-small --warmup 2 --steps 8 --json sft.json
     python benchmarks/sft_throughput.py --threads 2 --config recipes/tiny/sft_tools.yaml --steps 10  # shared prefix
 
-All modes start from the same freshly initialised model of the preset (built once with `--seed`, saved with the
+All rows start from the same freshly initialised model of the preset (built once with `--seed`, saved with the
 shipped tokenizer to a temporary folder that all load), train on the same dialogues (the training split of the YAML's
 `curriculum_stage`, `sft` or `tools`, as the recipe loads it, with its seeded system-prompt and empty-think
 augmentations, or `--data FILE.jsonl`), rows cut to the same `--max_length` and `--batch_size` dialogues per step (default: the YAML's, 512 and 16 for tiny),
@@ -19,6 +19,10 @@ on the same `--threads`. Rows, per preset:
   `--shared_prefix false`, every dialogue in its own row with its own copy of the common prompt; recipe / unshared is
   the shared-prefix lever's own speed-up. (`num_tokens_fed`, which the shared-prefix collator sends with its 4D mask,
   counts the positions fed.)
+- trl: the recipe as TRL runs it, TRL's `SFTTrainer` in place of the recipe's `TargetHeadSFTTrainer` (and no shared
+  prefix): TRL's tiled LM head over the target positions with its entropy and top-1 per tile, against the recipe's
+  one LM head call on the target positions (`minimind_hf/trainers/target_head.py`); recipe / trl is what the recipe's
+  own trainer classes gain.
 - upstream (baseline): a plain PyTorch loop as upstream MiniMind's `train_full_sft.py` runs one: each dialogue rendered
   with the chat template and tokenised, truncated and right-padded to `--max_length`, labels -100 on padding and on
   everything but the assistant spans (our training template's assistant mask: after `<|im_start|>assistant\\n` through
@@ -63,8 +67,8 @@ if str(ROOT / "benchmarks") not in sys.path:  # sibling scripts import as module
 import train_levers  # noqa: E402  (run_worker, the CPU model and load average)
 
 CONFIG = ROOT / "recipes" / "tiny" / "sft.yaml"
-MODES = ("recipe", "unshared", "upstream")
-DATA = "the curriculum's SFT train split"
+MODES = ("recipe", "unshared", "trl", "upstream")
+DATA = "the curriculum's {stage} train split"
 
 
 def load_dialogues(data: str | None, stage: str = "sft"):
@@ -91,9 +95,10 @@ def _result(seconds: float, steps: int, real: int, positions: int, non_pad: int,
     }
 
 
-def time_recipe(recipe, trainer_name: str, argv: list[str], args, count) -> dict:
+def time_recipe(recipe, trainer_name: str, argv: list[str], args, count, base=None) -> dict:
     """Runs `recipe.main` on `argv` for `warmup + steps` optimizer steps in this process (checkpointing and trackers
-    off, a temporary output folder), its trainer class `recipe.<trainer_name>` wrapped with a timer; `count(inputs)`
+    off, a temporary output folder), its trainer class `recipe.<trainer_name>` (or `base` in its place) wrapped with
+    a timer; `count(inputs)`
     gives a micro-batch's (real tokens, positions, non-pad positions). The result of the steps after the warm-up, with
     the first step's loss. Everything a step costs in the Trainer is timed: collation, forward, backward, clipping, the
     optimizer, scheduler, callbacks and logging."""
@@ -115,7 +120,8 @@ def time_recipe(recipe, trainer_name: str, argv: list[str], args, count) -> dict
             self.peak = memory._cpu_peak_bytes(self.rss)
 
     timer = Timer()
-    base = getattr(recipe, trainer_name)
+    shipped = getattr(recipe, trainer_name)
+    base = base or shipped
 
     class BenchTrainer(base):
         """The recipe's trainer plus the timer; keeps each micro-batch's counts and loss."""
@@ -147,7 +153,7 @@ def time_recipe(recipe, trainer_name: str, argv: list[str], args, count) -> dict
             ]
             recipe.main(*recipe.make_parser().parse_args_and_config(argv))
     finally:
-        setattr(recipe, trainer_name, base)
+        setattr(recipe, trainer_name, shipped)
     if last not in ends:
         raise RuntimeError(f"training stopped after {max(ends)} of {last} steps")
     timed = [batch for step in range(args.warmup + 1, last + 1) for batch in counts[step]]
@@ -157,9 +163,12 @@ def time_recipe(recipe, trainer_name: str, argv: list[str], args, count) -> dict
     return result
 
 
-def run_recipe(args, unshared: bool = False) -> dict:
-    """`recipes/sft.py` (`unshared`: with `--shared_prefix false`) for `warmup + steps` optimizer steps in this
-    process; counts of the steps after the warm-up."""
+def run_recipe(args, unshared: bool = False, trl_head: bool = False) -> dict:
+    """`recipes/sft.py` (`unshared`: with `--shared_prefix false`; `trl_head`: that, and TRL's `SFTTrainer` in place of
+    the recipe's `TargetHeadSFTTrainer`) for `warmup + steps` optimizer steps in this process; counts of the steps
+    after the warm-up."""
+    from trl import SFTTrainer
+
     from recipes import sft
 
     def count(inputs) -> tuple[int, int, int]:
@@ -171,11 +180,12 @@ def run_recipe(args, unshared: bool = False) -> dict:
         return int((labels[:, 1:] != -100).sum()), labels.numel(), non_pad
 
     argv = ["--config", args.config, "--model_name_or_path", args._model, "--replay_docs", "0"]
-    argv += ["--shared_prefix", "false"] if unshared else []
+    argv += ["--shared_prefix", "false"] if unshared or trl_head else []
     argv += ["--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size)]
     argv += ["--seed", str(args.seed)] + (["--dataset_files", args.data] if args.data else [])
-    shared = args._shared_prefix and not unshared
-    return time_recipe(sft, "SharedPrefixSFTTrainer" if shared else "SFTTrainer", argv, args, count)
+    if args._shared_prefix and not (unshared or trl_head):
+        return time_recipe(sft, "SharedPrefixSFTTrainer", argv, args, count)
+    return time_recipe(sft, "TargetHeadSFTTrainer", argv, args, count, base=SFTTrainer if trl_head else None)
 
 
 def upstream_lr(args, step: int) -> float:
@@ -267,7 +277,7 @@ def run_upstream(args) -> dict:
 
 
 def save_fresh_model(preset: str, overrides: dict, seed: int, folder: str) -> None:
-    """A randomly initialised model of `preset` with the shipped tokenizer: the start of both modes."""
+    """A randomly initialised model of `preset` with the shipped tokenizer: the start of every row."""
     from minimind_hf import MiniMindConfig, MiniMindForCausalLM
     from minimind_hf.tokenization import load_tokenizer
 
@@ -305,9 +315,11 @@ def format_table(rows: list[dict]) -> str:
 def stage_of(namespace: dict) -> types.SimpleNamespace:
     """A stage for `main` from a benchmark script's `globals()` (tests load scripts from their paths, so a script need
     not be in `sys.modules`): its `__doc__`, `__file__`, `CONFIG`, `DATA` (the default data, in words), `run_recipe`
-    and `run_upstream` (each `(args) -> result dict`)."""
+    and `run_upstream` (each `(args) -> result dict`), and its `MODES` (default: recipe and upstream)."""
     names = ("__doc__", "__file__", "CONFIG", "DATA", "run_recipe", "run_upstream")
-    return types.SimpleNamespace(**{name: namespace[name] for name in names})
+    stage = types.SimpleNamespace(**{name: namespace[name] for name in names})
+    stage.MODES = namespace.get("MODES", ("recipe", "upstream"))
+    return stage
 
 
 def main(argv: list[str] | None = None, stage: types.SimpleNamespace | None = None) -> list[dict]:
@@ -320,7 +332,9 @@ def main(argv: list[str] | None = None, stage: types.SimpleNamespace | None = No
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per (preset, mode)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
     parser.add_argument("--config", default=str(stage.CONFIG), help="the recipe's YAML")
-    parser.add_argument("--data", help=f"JSONL in the recipe's format; defaults to {stage.DATA}")
+    parser.add_argument(
+        "--data", help=f"JSONL in the recipe's format; defaults to {stage.DATA.format(stage='curriculum_stage')}"
+    )
     parser.add_argument("--max_length", type=int, help="row length (default: the YAML's max_length)")
     parser.add_argument("--batch_size", type=int, help="dialogues (pairs for DPO) per step (default: the YAML's)")
     parser.add_argument("--learning_rate", type=float, help="default: the YAML's")
@@ -344,15 +358,15 @@ def main(argv: list[str] | None = None, stage: types.SimpleNamespace | None = No
     if args._worker:
         if args._worker == "upstream":
             result = stage.run_upstream(args)
-        elif args._worker == "unshared":
-            result = stage.run_recipe(args, unshared=True)
+        elif args._worker in ("unshared", "trl"):
+            result = stage.run_recipe(args, **{"unshared" if args._worker == "unshared" else "trl_head": True})
         else:
             result = stage.run_recipe(args)
         Path(args._result).write_text(json.dumps(result), encoding="utf-8")
         return [result]
 
     # A YAML that shares prompt prefixes (sft_tools.yaml) gets a row without the sharing: the lever's own ratio.
-    modes = [m for m in MODES if m != "unshared" or args._shared_prefix]
+    modes = [m for m in stage.MODES if m != "unshared" or args._shared_prefix]
     load_before = train_levers.load_average()
     rows = []
     for preset in args.presets:
@@ -371,7 +385,7 @@ def main(argv: list[str] | None = None, stage: types.SimpleNamespace | None = No
     print(
         f"device=cpu ({train_levers.cpu_model()}, {os.cpu_count()} cores) threads={args.threads} torch={torch.__version__} "
         f"config={os.path.relpath(args.config, ROOT)} max_length={args.max_length} batch_size={args.batch_size} "
-        f"steps={args.steps} warmup={args.warmup} data={args.data or stage.DATA} load_avg={load_before}"
+        f"steps={args.steps} warmup={args.warmup} data={args.data or stage.DATA.format(stage=args._stage)} load_avg={load_before}"
     )
     print(format_table(rows))
     print(f"load_avg after: {train_levers.load_average()}; peak = CPU peak RSS growth during training")

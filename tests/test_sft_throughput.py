@@ -54,18 +54,21 @@ def run(tmp_path_factory):
     return bench, data, rows, written, printed
 
 
-def test_both_modes_train_and_pad_as_designed(run):
+def test_every_mode_trains_and_pads_as_designed(run):
     _, _, rows, written, _ = run
-    recipe, upstream = check_bench_rows(rows, written, STEPS)
+    recipe, trl, upstream = check_bench_rows(rows, written, STEPS, ("recipe", "trl", "upstream"))
     # upstream pads every dialogue to MAX_LENGTH; the recipe batches dialogues of similar length, padded to the longest
     assert upstream["positions"] == STEPS * BATCH_SIZE * MAX_LENGTH
     assert recipe["pad_fraction"] < 0.2 < 0.4 < upstream["pad_fraction"]
     assert recipe["positions"] < upstream["positions"]
+    # the trl row is the same recipe, batches and targets with TRL's own trainer: the same first loss
+    assert (trl["positions"], trl["real_tokens"]) == (recipe["positions"], recipe["real_tokens"])
+    assert trl["first_loss"] == pytest.approx(recipe["first_loss"], rel=1e-4)
 
 
 def test_upstream_counts_the_assistant_tokens_of_the_dialogues_it_trained_on(run):
     bench, data, rows, _, _ = run
-    upstream = rows[1]
+    upstream = rows[-1]
     consumed = upstream["dialogues"]
     assert len(consumed) == len(set(consumed)) == STEPS * BATCH_SIZE  # one seeded shuffle, no repeats
     dialogues = bench.load_dialogues(str(data))
@@ -83,9 +86,10 @@ def test_upstream_counts_the_assistant_tokens_of_the_dialogues_it_trained_on(run
 
 def test_ratio_column_is_recipe_over_upstream_and_the_header_names_the_setup(run):
     _, _, rows, _, printed = run
-    recipe, upstream = rows
+    recipe, trl, upstream = rows
     assert upstream["ratio"] == 1.0
     assert recipe["ratio"] == pytest.approx(recipe["tokens_per_s"] / upstream["tokens_per_s"])
+    assert trl["ratio"] == pytest.approx(trl["tokens_per_s"] / upstream["tokens_per_s"])
     lines = printed.splitlines()
     assert lines[0].startswith("device=cpu") and "threads=1" in lines[0] and "torch=" in lines[0]
     assert "load_avg=" in lines[0] and lines[-1].startswith("load_avg after:")
@@ -116,11 +120,13 @@ def test_a_shared_prefix_yaml_adds_the_unshared_row_with_the_same_targets_and_fe
     data = write_jsonl(tmp_path / "sft.jsonl", records)
     extra = ["--config", str(tmp_path / "shared.yaml")]
     _, rows, _, printed = run_throughput_bench(SCRIPT, data, tmp_path, 256, 4, 1, 2, extra)
-    assert [row["mode"] for row in rows] == ["recipe", "unshared", "upstream"]
-    shared, unshared, upstream = rows
+    assert [row["mode"] for row in rows] == ["recipe", "unshared", "trl", "upstream"]
+    shared, unshared, trl, upstream = rows
     assert all("error" not in row for row in rows), rows
-    assert shared["real_tokens"] == unshared["real_tokens"]  # upstream's shuffle draws other dialogues
+    assert shared["real_tokens"] == unshared["real_tokens"] == trl["real_tokens"]  # upstream's shuffle draws others
     assert shared["first_loss"] == pytest.approx(unshared["first_loss"], rel=1e-4)
+    assert trl["first_loss"] == pytest.approx(unshared["first_loss"], rel=1e-4)
+    assert trl["non_pad_positions"] == unshared["non_pad_positions"]
     # four ~70-token dialogues per step, 60 of them the prompt: one group feeds it once instead of four times
     assert shared["non_pad_positions"] < 0.5 * unshared["non_pad_positions"]
     assert unshared["ratio"] == pytest.approx(unshared["tokens_per_s"] / upstream["tokens_per_s"])

@@ -241,16 +241,16 @@ def run_throughput_bench(
     return bench, rows, json.loads((tmp / "rows.json").read_text()), printed.getvalue()
 
 
-def check_bench_rows(rows: list[dict], written: list[dict], steps: int) -> tuple[dict, dict]:
-    """The rows of `run_throughput_bench`: one recipe and one upstream row of `tiny`, as written to its JSON, each
+def check_bench_rows(rows: list[dict], written: list[dict], steps: int, modes=("recipe", "upstream")) -> tuple:
+    """The rows of `run_throughput_bench`: one row of `tiny` per mode in `modes`, as written to its JSON, each
     trained `steps` timed steps on one thread with a finite loss and tokens/s = real tokens / seconds."""
     import math
 
-    assert [(row["preset"], row["mode"]) for row in rows] == [("tiny", "recipe"), ("tiny", "upstream")]
+    assert [(row["preset"], row["mode"]) for row in rows] == [("tiny", mode) for mode in modes]
     assert written == rows
     for row in rows:
         assert "error" not in row, row
         assert row["steps"] == steps and row["threads"] == 1 and row["peak_bytes"] > 0
         assert row["real_tokens"] > 0 and math.isfinite(row["loss"]) and row["s_per_step"] > 0
         assert row["tokens_per_s"] == pytest.approx(row["real_tokens"] / row["seconds"])
-    return rows[0], rows[1]
+    return tuple(rows)

@@ -4,6 +4,7 @@ from .distillation import LogitDistillationConfig, LogitDistillationTrainer, che
 from .pretraining import PretrainTrainer
 from .reasoning import ReasoningSFTConfig, ReasoningSFTTrainer, reasoning_tag_weights
 from .shared_prefix import SharedPrefixSFTTrainer
+from .target_head import TargetHeadSFTTrainer
 
 __all__ = [
     "LogitDistillationConfig",
@@ -12,6 +13,7 @@ __all__ = [
     "ReasoningSFTConfig",
     "ReasoningSFTTrainer",
     "SharedPrefixSFTTrainer",
+    "TargetHeadSFTTrainer",
     "check_teacher_vocabulary",
     "reasoning_tag_weights",
 ]
