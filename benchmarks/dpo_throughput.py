@@ -5,7 +5,7 @@
 
 The harness is `benchmarks/sft_throughput.py`'s (same flags, same fresh model of each preset saved with the shipped
 tokenizer, one fresh process per row, same timing from the end of optimizer step `--warmup` to the end of the last
-one, same columns); the stage differs. Both modes train on the same preference pairs (the curriculum's DPO train
+one, same columns); the stage differs. All rows train on the same preference pairs (the curriculum's DPO train
 split as the recipe loads it, or `--data FILE.jsonl` in upstream's `{"chosen": [...], "rejected": [...]}` format),
 `--batch_size` pairs per step (default: the YAML's, 16 for tiny), rows cut to `--max_length` (default: the YAML's, or
 TRL's and upstream's 1024), at the YAML's `beta` (default 0.1, upstream's) and learning rate. Rows, per preset:
@@ -13,7 +13,10 @@ TRL's and upstream's 1024), at the YAML's `beta` (default 0.1, upstream's) and l
 - recipe (ours): `recipes/dpo.py` as a user runs it (`--config`, default `recipes/tiny/dpo.yaml`), `--max_steps` =
   `--warmup` + `--steps`, checkpointing and trackers off: TRL's sigmoid DPO loss on the summed log-probabilities of
   the completion tokens, chosen and rejected of a batch in one forward, padded to the longest row of the batch, the
-  reference a frozen copy of the start, the Trainer's fused AdamW.
+  reference a frozen copy of the start, the Trainer's fused AdamW. The policy's and the reference's log-probabilities
+  come from TRL's fused LM head on the completion positions only (`minimind_hf.trainers.compact_fused_lm_head`).
+- trl: the same with TRL's fused head as TRL leaves it, which off Triton devices projects every position (prompt and
+  padding included) tile by tile; recipe / trl is what the compact head gains.
 - upstream (baseline): a plain PyTorch loop as upstream MiniMind's `train_dpo.py` runs one: each pair's chosen and
   rejected conversation rendered with the chat template, truncated and right-padded to `--max_length`, the loss mask on
   the assistant spans (as its SFT's); a step feeds the chosen rows then the rejected rows as one batch (inputs
@@ -43,6 +46,7 @@ import sft_throughput  # noqa: E402  (the harness: flags, fresh models, workers,
 
 CONFIG = ROOT / "recipes" / "tiny" / "dpo.yaml"
 DATA = "the curriculum's DPO train split"
+MODES = ("recipe", "trl", "upstream")
 
 
 def load_pairs(data: str | None):
@@ -60,9 +64,13 @@ def _beta(config: str) -> float:
     return float(yaml.safe_load(Path(config).read_text(encoding="utf-8")).get("beta", 0.1))
 
 
-def run_recipe(args) -> dict:
-    """`recipes/dpo.py` for `warmup + steps` optimizer steps in this process; counts of the steps after the warm-up."""
+def run_recipe(args, trl_head: bool = False) -> dict:
+    """`recipes/dpo.py` for `warmup + steps` optimizer steps in this process (`trl_head`: with TRL's fused LM head as
+    TRL leaves it, the recipe's `compact_trainer_heads` skipped); counts of the steps after the warm-up."""
     from recipes import dpo
+
+    if trl_head:
+        dpo.compact_trainer_heads = lambda trainer, temperature=1.0: None
 
     def count(inputs) -> tuple[int, int, int]:
         # TRL scores the completion tokens after the shift: completion_mask[:, 1:]

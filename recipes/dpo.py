@@ -20,6 +20,7 @@ from trl import DPOConfig, DPOTrainer
 
 from minimind_hf.data import load_dpo_dataset
 from minimind_hf.lora import lora_config
+from minimind_hf.trainers import compact_trainer_heads
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
@@ -68,6 +69,7 @@ def main(data_args: DPODataArguments, training_args: DPOConfig, model_args: Mode
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    compact_trainer_heads(trainer)  # TRL's fused head on the completion positions only (as on GPU)
     train(trainer, resume_from, model_args)
     return finish_run(trainer)
 

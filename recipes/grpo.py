@@ -38,6 +38,7 @@ from minimind_hf.eval_tools import time_limited
 from minimind_hf.lora import lora_config
 from minimind_hf.rewards import get_reward_funcs
 from minimind_hf.rl import check_reward_data, prepare_prompts
+from minimind_hf.trainers import compact_trainer_heads
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
@@ -188,6 +189,7 @@ def main(data_args: GRPODataArguments, training_args: GRPOConfig, model_args: Mo
         peft_config=lora_config(model_args, model),
         tools=tools,
     )
+    compact_trainer_heads(trainer, training_args.temperature)  # TRL's fused head on the completions only
     train(trainer, resume_from, model_args)
     return finish_run(trainer)
 

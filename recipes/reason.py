@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.data import add_random_system_prompt, load_reasoning_dataset, skip_thinking
 from minimind_hf.lora import lora_config
-from minimind_hf.trainers import ReasoningSFTConfig, ReasoningSFTTrainer
+from minimind_hf.trainers import ReasoningSFTConfig, ReasoningSFTTrainer, compact_trainer_heads
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
@@ -77,6 +77,7 @@ def main(data_args: ReasonDataArguments, training_args: ReasoningSFTConfig, mode
             processing_class=tokenizer,
             peft_config=lora_config(model_args, model),
         )
+        compact_trainer_heads(trainer)  # TRL's fused head on the answer positions only
         train(trainer, resume_from, model_args)
     return finish_run(trainer)
 

@@ -38,9 +38,9 @@ def run(tmp_path_factory):
     return bench, data, rows, written, printed
 
 
-def test_both_modes_train_from_the_reference_and_pad_as_designed(run):
+def test_every_mode_trains_from_the_reference_and_pads_as_designed(run):
     _, _, rows, written, printed = run
-    recipe, upstream = check_bench_rows(rows, written, STEPS)
+    recipe, trl, upstream = check_bench_rows(rows, written, STEPS, ("recipe", "trl", "upstream"))
     for row in rows:
         # the first step's policy is the reference: every log-ratio is 0 and the sigmoid loss is log 2
         assert row["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
@@ -48,12 +48,15 @@ def test_both_modes_train_from_the_reference_and_pad_as_designed(run):
     assert upstream["positions"] == STEPS * 2 * BATCH_SIZE * (MAX_LENGTH - 1)
     assert recipe["pad_fraction"] < upstream["pad_fraction"] and recipe["positions"] < upstream["positions"]
     assert recipe["ratio"] == pytest.approx(recipe["tokens_per_s"] / upstream["tokens_per_s"])
+    # the trl row trains on the same batches with TRL's head over every position: the same loss at the last step
+    assert (trl["real_tokens"], trl["positions"]) == (recipe["real_tokens"], recipe["positions"])
+    assert trl["loss"] == pytest.approx(recipe["loss"], rel=1e-4)
     assert "data=" in printed.splitlines()[0] and printed.splitlines()[-1].startswith("load_avg after:")
 
 
 def test_upstream_counts_the_assistant_tokens_of_the_pairs_it_trained_on(run):
     bench, data, rows, _, _ = run
-    upstream = rows[1]
+    upstream = rows[-1]
     consumed = upstream["pairs"]
     assert len(consumed) == len(set(consumed)) == STEPS * BATCH_SIZE  # one seeded shuffle, no repeats
     pairs = bench.load_pairs(str(data))
