@@ -118,15 +118,20 @@ class PPOConfig(RolloutConfig):
 
 class PolicyAndValue(nn.Module):
     """The policy (a causal LM) and the value model (a `MiniMindForSequenceClassification`, one label) as one module,
-    so one optimiser, scheduler and checkpoint cover both. `forward` returns the policy's logits and the value of every
-    position."""
+    so one optimiser, scheduler and checkpoint cover both. `forward` returns the policy's logits (of the last
+    `logits_to_keep` positions when given: the completions, not the prompts) and the value of every position."""
 
     def __init__(self, policy, value_model):
         super().__init__()
         self.policy, self.value_model = policy, value_model
 
-    def forward(self, input_ids, attention_mask, position_ids):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0):
+        logits = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=logits_to_keep,
+        ).logits
         hidden = self.value_model.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
@@ -220,11 +225,11 @@ class PPOTrainer(RolloutTrainer):
         net.eval()
         try:
             with torch.no_grad(), self.compute_loss_context_manager():
-                logits, values = net(**inputs)
+                logits, values = net(**inputs, logits_to_keep=self._kept(inputs, width))
                 old_logp = self._completion_logps(logits, inputs["input_ids"], width)
                 ref_logp = None
                 if self.ref_model is not None:
-                    ref_logits = self.ref_model(**inputs).logits
+                    ref_logits = self.ref_model(**inputs, logits_to_keep=self._kept(inputs, width)).logits
                     ref_logp = self._completion_logps(ref_logits, inputs["input_ids"], width)
         finally:
             net.train(was_training)
@@ -275,7 +280,7 @@ class PPOTrainer(RolloutTrainer):
         batch = {k: v[rows] for k, v in b["inputs"].items()}
         mask = b["mask"][rows]
         with self.compute_loss_context_manager():
-            logits, values = model(**batch)
+            logits, values = model(**batch, logits_to_keep=self._kept(batch, b["width"]))
         logp = self._completion_logps(logits, batch["input_ids"], b["width"])
         values = values[:, b["width"] - 1 : -1].float()
         ref_logp = b["ref_logp"][rows] if b["ref_logp"] is not None else None

@@ -105,3 +105,25 @@ def test_explained_variance():
     # residual -0.5, 0, 0.5: variance 1/6 against 2/3 -> 1 - 0.25
     assert explained_variance(t([1.5, 2.0, 2.5, 0.0]), returns, mask) == pytest.approx(0.75)
     assert math.isnan(explained_variance(t([1.0, 2.0]), t([1.0, 1.0]), t([1, 1])))
+
+
+def test_completion_log_probs_from_the_kept_logits_equal_those_from_every_position():
+    """PPO and SPO ask the model for the logits of the completions only (`RolloutTrainer._kept`): the same
+    log-probabilities as slicing the logits of every position, at the sampling temperature."""
+    from types import SimpleNamespace
+
+    from minimind_hf.trainers.rollout import RolloutTrainer
+    from tests.utils import tiny_model
+
+    model = tiny_model()
+    input_ids = torch.randint(3, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(0))
+    inputs, width = {"input_ids": input_ids}, 22
+    trainer = SimpleNamespace(args=SimpleNamespace(temperature=0.7))
+    full = RolloutTrainer._completion_logps(trainer, model(**inputs).logits, input_ids, width)
+    kept_logits = model(**inputs, logits_to_keep=RolloutTrainer._kept(inputs, width)).logits
+    assert kept_logits.shape[1] == 30 - width + 1
+    kept = RolloutTrainer._completion_logps(trainer, kept_logits, input_ids, width)
+    assert full.shape == (2, 30 - width)
+    torch.testing.assert_close(kept, full)
+    expected = torch.log_softmax(model(**inputs).logits[:, width - 1 : -1] / 0.7, -1)
+    torch.testing.assert_close(full, expected.gather(-1, input_ids[:, width:, None]).squeeze(-1))
