@@ -19,10 +19,10 @@ on the same `--threads`. Rows, per preset:
   `--shared_prefix false`, every dialogue in its own row with its own copy of the common prompt; recipe / unshared is
   the shared-prefix lever's own speed-up. (`num_tokens_fed`, which the shared-prefix collator sends with its 4D mask,
   counts the positions fed.)
-- trl: the recipe as TRL runs it, TRL's `SFTTrainer` in place of the recipe's `TargetHeadSFTTrainer` (and no shared
-  prefix): TRL's tiled LM head over the target positions with its entropy and top-1 per tile, against the recipe's
-  one LM head call on the target positions (`minimind_hf/trainers/target_head.py`); recipe / trl is what the recipe's
-  own trainer classes gain.
+- trl: the recipe as TRL leaves it: no shared prefix, and TRL's fused LM head as TRL patches it, which off Triton
+  devices projects every position (prompt and padding included) tile by tile, where the recipe's
+  (`minimind_hf.trainers.compact_trainer_heads`) projects the target positions only; recipe / trl is what the
+  recipe's own pieces gain.
 - upstream (baseline): a plain PyTorch loop as upstream MiniMind's `train_full_sft.py` runs one: each dialogue rendered
   with the chat template and tokenised, truncated and right-padded to `--max_length`, labels -100 on padding and on
   everything but the assistant spans (our training template's assistant mask: after `<|im_start|>assistant\\n` through
@@ -95,10 +95,9 @@ def _result(seconds: float, steps: int, real: int, positions: int, non_pad: int,
     }
 
 
-def time_recipe(recipe, trainer_name: str, argv: list[str], args, count, base=None) -> dict:
+def time_recipe(recipe, trainer_name: str, argv: list[str], args, count) -> dict:
     """Runs `recipe.main` on `argv` for `warmup + steps` optimizer steps in this process (checkpointing and trackers
-    off, a temporary output folder), its trainer class `recipe.<trainer_name>` (or `base` in its place) wrapped with
-    a timer; `count(inputs)`
+    off, a temporary output folder), its trainer class `recipe.<trainer_name>` wrapped with a timer; `count(inputs)`
     gives a micro-batch's (real tokens, positions, non-pad positions). The result of the steps after the warm-up, with
     the first step's loss. Everything a step costs in the Trainer is timed: collation, forward, backward, clipping, the
     optimizer, scheduler, callbacks and logging."""
@@ -120,8 +119,7 @@ def time_recipe(recipe, trainer_name: str, argv: list[str], args, count, base=No
             self.peak = memory._cpu_peak_bytes(self.rss)
 
     timer = Timer()
-    shipped = getattr(recipe, trainer_name)
-    base = base or shipped
+    base = getattr(recipe, trainer_name)
 
     class BenchTrainer(base):
         """The recipe's trainer plus the timer; keeps each micro-batch's counts and loss."""
@@ -153,7 +151,7 @@ def time_recipe(recipe, trainer_name: str, argv: list[str], args, count, base=No
             ]
             recipe.main(*recipe.make_parser().parse_args_and_config(argv))
     finally:
-        setattr(recipe, trainer_name, shipped)
+        setattr(recipe, trainer_name, base)
     if last not in ends:
         raise RuntimeError(f"training stopped after {max(ends)} of {last} steps")
     timed = [batch for step in range(args.warmup + 1, last + 1) for batch in counts[step]]
@@ -164,10 +162,9 @@ def time_recipe(recipe, trainer_name: str, argv: list[str], args, count, base=No
 
 
 def run_recipe(args, unshared: bool = False, trl_head: bool = False) -> dict:
-    """`recipes/sft.py` (`unshared`: with `--shared_prefix false`; `trl_head`: that, and TRL's `SFTTrainer` in place of
-    the recipe's `TargetHeadSFTTrainer`) for `warmup + steps` optimizer steps in this process; counts of the steps
-    after the warm-up."""
-    from trl import SFTTrainer
+    """`recipes/sft.py` (`unshared`: with `--shared_prefix false`; `trl_head`: that, and TRL's fused head as TRL leaves
+    it, the recipe's `compact_trainer_heads` skipped) for `warmup + steps` optimizer steps in this process; counts of
+    the steps after the warm-up."""
 
     from recipes import sft
 
@@ -183,9 +180,10 @@ def run_recipe(args, unshared: bool = False, trl_head: bool = False) -> dict:
     argv += ["--shared_prefix", "false"] if unshared or trl_head else []
     argv += ["--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size)]
     argv += ["--seed", str(args.seed)] + (["--dataset_files", args.data] if args.data else [])
-    if args._shared_prefix and not (unshared or trl_head):
-        return time_recipe(sft, "SharedPrefixSFTTrainer", argv, args, count)
-    return time_recipe(sft, "TargetHeadSFTTrainer", argv, args, count, base=SFTTrainer if trl_head else None)
+    if trl_head:
+        sft.compact_trainer_heads = lambda trainer, temperature=1.0: None
+    shared = args._shared_prefix and not (unshared or trl_head)
+    return time_recipe(sft, "SharedPrefixSFTTrainer" if shared else "SFTTrainer", argv, args, count)
 
 
 def upstream_lr(args, step: int) -> float:

@@ -1,5 +1,5 @@
-"""LoRA fine-tuning with PEFT over an SFT checkpoint, through SFT's trainer (`TargetHeadSFTTrainer`: TRL's SFTTrainer
-with the LM head run only where a target is; assistant-only loss, as SFT). The output
+"""LoRA fine-tuning with PEFT over an SFT checkpoint, through TRL's SFTTrainer (assistant-only loss, as SFT; TRL's
+fused LM head on the target positions only, `minimind_hf.trainers.compact_trainer_heads`). The output
 folder holds the adapter (`adapter_model.safetensors`, `adapter_config.json`) and the tokenizer; merge it into a plain
 MiniMind folder with `recipes/merge_lora.py`. By default every attention and MLP projection is adapted, experts
 included; the MoE router never is. Trainable and total parameter counts go to `train_results.json`.
@@ -18,13 +18,13 @@ the identity set alone, which teaches a small model to answer every question wit
 
 from dataclasses import dataclass, field
 
-from trl import SFTConfig
+from trl import SFTConfig, SFTTrainer
 
 from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.curriculum import ensure_curriculum
 from minimind_hf.data import add_random_system_prompt, load_sft_dataset
 from minimind_hf.lora import add_replay, count_parameters, lora_config
-from minimind_hf.trainers import TargetHeadSFTTrainer
+from minimind_hf.trainers import compact_trainer_heads
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
@@ -106,7 +106,7 @@ def main(data_args: LoraDataArguments, training_args: SFTConfig, model_args: Lor
     peft_config = lora_config(model_args, model)
 
     with training_chat_template(tokenizer):
-        trainer = TargetHeadSFTTrainer(
+        trainer = SFTTrainer(
             model=model,
             args=training_args,
             train_dataset=train_dataset,
@@ -114,6 +114,7 @@ def main(data_args: LoraDataArguments, training_args: SFTConfig, model_args: Lor
             processing_class=tokenizer,
             peft_config=peft_config,
         )
+        compact_trainer_heads(trainer)  # TRL's fused LM head on the target positions only, on CPU too
         trainable, total = count_parameters(trainer.model)
         train(trainer, resume_from, model_args)
     metrics = {**finish_run(trainer), "trainable_params": trainable, "total_params": total}

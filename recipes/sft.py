@@ -1,8 +1,7 @@
 """Supervised fine-tuning with TRL's SFTTrainer: loss on the assistant turns only (all of them, each through its
 `<|im_end|>`), multi-turn, tool calls and think blocks, with upstream's augmentations as seeded `dataset.map` steps.
-The trainer is `minimind_hf.trainers.TargetHeadSFTTrainer`: TRL's SFTTrainer with the LM head and cross-entropy run
-once on the positions that have a target instead of through TRL's tiled head (the same loss; 2.9x the real tokens/s
-of TRL's trainer on the tool dialogues, 2 threads: `benchmarks/sft_throughput.py`). `replay_docs` mixes that many pretraining documents into the SFT data (loss on all their tokens, as pretraining
+TRL's fused LM head runs on the target positions only (`minimind_hf.trainers.compact_trainer_heads`; TRL off Triton
+projects every position): the same loss, 2.5-3.6x the real tokens/s on CPU (`benchmarks/sft_throughput.py`). `replay_docs` mixes that many pretraining documents into the SFT data (loss on all their tokens, as pretraining
 trains): fine-tuning on dialogues about some entities alone makes a small model forget facts only pretraining taught,
 and answer about those entities with the names SFT repeats (see the quickstart's `pretrain_only` split).
 
@@ -17,13 +16,13 @@ import logging
 from dataclasses import dataclass, field
 
 from datasets import concatenate_datasets
-from trl import SFTConfig
+from trl import SFTConfig, SFTTrainer
 
 from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.curriculum import ensure_curriculum
 from minimind_hf.data import add_random_system_prompt, load_pretrain_dataset, load_sft_dataset, strip_empty_think
 from minimind_hf.lora import lora_config
-from minimind_hf.trainers import SharedPrefixSFTTrainer, TargetHeadSFTTrainer
+from minimind_hf.trainers import SharedPrefixSFTTrainer, compact_trainer_heads
 from minimind_hf.training import (
     DataArguments,
     ModelArguments,
@@ -131,7 +130,7 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
 
     # The training template renders the same text but marks assistant spans for `assistant_only_loss`.
     with training_chat_template(tokenizer):
-        trainer = (SharedPrefixSFTTrainer if data_args.shared_prefix else TargetHeadSFTTrainer)(
+        trainer = (SharedPrefixSFTTrainer if data_args.shared_prefix else SFTTrainer)(
             model=model,
             args=training_args,
             train_dataset=train_dataset,
@@ -139,6 +138,7 @@ def main(data_args: SFTDataArguments, training_args: SFTConfig, model_args: Mode
             processing_class=tokenizer,
             peft_config=lora_config(model_args, model),
         )
+        compact_trainer_heads(trainer)  # TRL's fused LM head on the target positions only, on CPU too
         if replay is not None:  # beside TRL's tokenized dialogues; the Trainer's sampler shuffles them together
             chat = trainer.train_dataset.select_columns(["input_ids", "labels"])
             trainer.train_dataset = concatenate_datasets([chat, replay.cast(chat.features)])

@@ -171,7 +171,7 @@ def lora_argv(data, base, out, *extra):
 def lora_run(data, base, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "adapter"
     with pytest.MonkeyPatch.context() as monkeypatch:
-        seen = recording_batches(monkeypatch, lora.TargetHeadSFTTrainer)
+        seen = recording_batches(monkeypatch, lora.SFTTrainer)
         metrics = run("lora", lora_argv(data, base, out))
     metrics["batches"] = seen
     return out, metrics

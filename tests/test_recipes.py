@@ -206,7 +206,7 @@ def test_pretrained_parameters_changed(pretrained):
 def test_sft_trains_on_assistant_tokens_and_loss_falls(pretrained, small_data, tmp_path, monkeypatch):
     """The recipe's batches carry labels exactly on the assistant tokens (checked on every batch it trains on), and
     the saved model predicts those answers better than their own token frequencies can (scored here)."""
-    seen = recording_batches(monkeypatch, sft.TargetHeadSFTTrainer)
+    seen = recording_batches(monkeypatch, sft.SFTTrainer)
     pretrain_dir, _ = pretrained
     out = tmp_path / "sft"
     argv = [
@@ -238,7 +238,7 @@ def test_sft_replays_pretraining_documents_with_loss_on_every_token(pretrained, 
     """With `replay_docs`, one epoch trains every dialogue once with labels on its assistant tokens only, and that
     many pretraining documents, as pretraining writes them (`bos + text + eos`), with labels on every
     token."""
-    seen = recording_batches(monkeypatch, sft.TargetHeadSFTTrainer)
+    seen = recording_batches(monkeypatch, sft.SFTTrainer)
     argv = [
         "--config", str(ROOT / "recipes/tiny/sft.yaml"),
         "--model_name_or_path", str(pretrained[0]),

@@ -5,7 +5,6 @@ from .distillation import LogitDistillationConfig, LogitDistillationTrainer, che
 from .pretraining import PretrainTrainer
 from .reasoning import ReasoningSFTConfig, ReasoningSFTTrainer, reasoning_tag_weights
 from .shared_prefix import SharedPrefixSFTTrainer
-from .target_head import TargetHeadSFTTrainer
 
 __all__ = [
     "LogitDistillationConfig",
@@ -14,7 +13,6 @@ __all__ = [
     "ReasoningSFTConfig",
     "ReasoningSFTTrainer",
     "SharedPrefixSFTTrainer",
-    "TargetHeadSFTTrainer",
     "check_teacher_vocabulary",
     "compact_fused_lm_head",
     "compact_trainer_heads",

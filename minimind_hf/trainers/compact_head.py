@@ -1,16 +1,19 @@
 """TRL's fused LM head, scoring only the positions that have a label on every device.
 
-TRL 1.16's DPO and GRPO trainers patch the policy (and the reference model) with `trl.trainer.utils.add_fused_lm_head`:
+TRL 1.16's SFT, DPO and GRPO trainers patch the policy (and the reference model) with
+`trl.trainer.utils.add_fused_lm_head`:
 `model(..., labels=labels, fused_lm_head=True)` returns per-token log-probabilities (and entropy, top-1, ...) of the
 labels. On a device with Triton only the labelled positions are projected; elsewhere (CPU) every position is, tile
 by tile, so that tile shapes stay fixed for compilers. A GRPO prompt with the tool schemas is about 620 tokens and its
-completion about 45: on CPU the head and its softmax run over all 670 positions to score 45 of them.
+completion about 45: on CPU the head and its softmax run over all 670 positions to score 45 of them; a tool SFT
+dialogue is about 670 tokens with about 70 targets.
 
 `compact_fused_lm_head(model, temperature)`, applied after the trainer is built, puts a forward in front of TRL's
 that, for `fused_lm_head=True` calls, asks the model for the logits of only the positions whose next token is a label
 in some row (`logits_to_keep` as an index tensor), then computes the same fields on those (temperature-scaled,
 fp32): `log_probs`, `entropy`, `log_sum_sq_probs`, `mean_logits`, `is_top1`, zero where the label is -100, with
-`label_mask`, `loss` and, on MoE, the model's own balance loss (as in `TargetHeadSFTTrainer`). Calls it does not
+`label_mask`, `loss` and, on MoE, the model's own balance loss (its `router_aux_loss_type`, as pretraining adds it;
+TRL's head puts transformers' Mixtral-style `load_balancing_loss_func` in its place). Calls it does not
 cover (pre-shifted `shift_labels`, a model with logit soft-capping or scaling) go to TRL's forward. Tested against
 TRL's head field by field, with gradients.
 """

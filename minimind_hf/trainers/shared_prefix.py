@@ -7,12 +7,13 @@ with the same loss and gradients. Nothing in TRL, transformers or PEFT shares a 
 
 from __future__ import annotations
 
+from trl import SFTTrainer
+
 from ..packing import SharedPrefixCollator
-from .target_head import TargetHeadSFTTrainer
 
 
-class SharedPrefixSFTTrainer(TargetHeadSFTTrainer):
-    """[`TargetHeadSFTTrainer`] whose collator is wrapped in [`SharedPrefixCollator`]. The trainer's `num_tokens` counts the
+class SharedPrefixSFTTrainer(SFTTrainer):
+    """`SFTTrainer` whose collator is wrapped in [`SharedPrefixCollator`]. The trainer's `num_tokens` counts the
     positions fed (the shared prefix once per group), since TRL would sum the 4D attention mask."""
 
     def __init__(self, *args, min_shared_prefix: int = 16, **kwargs):

@@ -1,5 +1,6 @@
-"""`TargetHeadSFTTrainer` (the SFT recipe's trainer): the LM head only where a target is, with TRL's loss, gradients
-and logged metrics, checked against `trl.SFTTrainer.compute_loss` on the same batch."""
+"""The SFT and LoRA recipes' trainer, TRL's `SFTTrainer` with `compact_trainer_heads`: the LM head only where a target
+is, with the loss, gradients and logged metrics of `SFTTrainer.compute_loss` through TRL's own head, on the same
+batch of curriculum dialogues."""
 
 import pytest
 import torch
@@ -9,11 +10,11 @@ from minimind_hf.chat_templates import training_chat_template
 from minimind_hf.curriculum import ensure_curriculum
 from minimind_hf.data import load_sft_dataset
 from minimind_hf.tokenization import load_tokenizer
-from minimind_hf.trainers import SharedPrefixSFTTrainer, TargetHeadSFTTrainer
+from minimind_hf.trainers import SharedPrefixSFTTrainer, compact_trainer_heads
 from tests.utils import tiny_model
 
 
-def make_trainer(cls, model, dataset, tmp_path, **config):
+def make_trainer(cls, model, dataset, tmp_path, compact=False, **config):
     args = SFTConfig(
         output_dir=str(tmp_path),
         assistant_only_loss=True,
@@ -26,7 +27,10 @@ def make_trainer(cls, model, dataset, tmp_path, **config):
     )
     tokenizer = load_tokenizer()
     with training_chat_template(tokenizer):
-        return cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer = cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    if compact:
+        compact_trainer_heads(trainer)
+    return trainer
 
 
 def loss_grads_metrics(trainer, batch, num_items=None):
@@ -57,7 +61,7 @@ def test_loss_gradients_and_metrics_are_trls(dialogues, variant, which, tmp_path
     transformers' Mixtral-style balance loss in place of the model's own, see the next test)."""
     dataset = dialogues[which]
     reference = make_trainer(SFTTrainer, tiny_model(variant, router_aux_loss_coef=0.0), dataset, tmp_path / "trl")
-    ours = make_trainer(TargetHeadSFTTrainer, tiny_model(variant, router_aux_loss_coef=0.0), dataset, tmp_path / "o")
+    ours = make_trainer(SFTTrainer, tiny_model(variant, router_aux_loss_coef=0.0), dataset, tmp_path / "o", True)
     batch = reference.data_collator([reference.train_dataset[i] for i in range(6)])
     targets = int((batch["labels"][:, 1:] != -100).sum())
     assert targets < 0.5 * batch["labels"].numel()  # most positions carry no target
@@ -75,7 +79,7 @@ def test_an_moe_models_balance_loss_is_its_own(dialogues, tmp_path):
     """On MoE the loss adds `router_aux_loss_coef` times the model's own balance loss (what its forward returns with
     labels, as in pretraining), and logs it as `aux_loss`."""
     model = tiny_model("moe_shared")
-    trainer = make_trainer(TargetHeadSFTTrainer, model, dialogues[1], tmp_path)
+    trainer = make_trainer(SFTTrainer, model, dialogues[1], tmp_path, compact=True)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
     loss, _, metrics = loss_grads_metrics(trainer, batch)
     own = model(**batch, use_cache=False)
@@ -85,7 +89,7 @@ def test_an_moe_models_balance_loss_is_its_own(dialogues, tmp_path):
 
 def test_the_logits_asked_for_are_the_targets_positions(dialogues, tmp_path):
     """The model is asked for the positions whose next token is a target in some row, not the whole row."""
-    trainer = make_trainer(TargetHeadSFTTrainer, tiny_model(), dialogues[0], tmp_path)
+    trainer = make_trainer(SFTTrainer, tiny_model(), dialogues[0], tmp_path, compact=True)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
     shapes = []
     hook = trainer.model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(out.shape))
@@ -97,20 +101,20 @@ def test_the_logits_asked_for_are_the_targets_positions(dialogues, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`label_smoothing_factor` is deprecated:FutureWarning")
-def test_dft_and_label_smoothing_take_trls_path(dialogues, tmp_path):
+def test_dft_and_label_smoothing_give_trls_loss(dialogues, tmp_path):
     batch_of = lambda t: t.data_collator([t.train_dataset[i] for i in range(6)])  # noqa: E731
     for config in ({"loss_type": "dft"}, {"label_smoothing_factor": 0.1}):
         reference = make_trainer(SFTTrainer, tiny_model(), dialogues[1], tmp_path / "trl", **config)
-        ours = make_trainer(TargetHeadSFTTrainer, tiny_model(), dialogues[1], tmp_path / "ours", **config)
+        ours = make_trainer(SFTTrainer, tiny_model(), dialogues[1], tmp_path / "ours", compact=True, **config)
         batch = batch_of(reference)
         assert loss_grads_metrics(ours, batch)[0] == pytest.approx(loss_grads_metrics(reference, batch)[0], rel=1e-6)
 
 
-def test_shared_prefix_rows_take_the_target_head_too(dialogues, tmp_path):
-    """The shared-prefix trainer builds on it: its 4D-mask rows give the plain batch's loss."""
-    assert issubclass(SharedPrefixSFTTrainer, TargetHeadSFTTrainer)
+def test_shared_prefix_rows_through_the_compact_head_give_the_plain_batchs_loss(dialogues, tmp_path):
+    """The shared-prefix trainer with the compact head (as `recipes/sft.py` builds it): its 4D-mask rows give the
+    loss and gradients of TRL's plain batch through TRL's head."""
     plain = make_trainer(SFTTrainer, tiny_model(), dialogues[0], tmp_path / "plain")
-    shared = make_trainer(SharedPrefixSFTTrainer, tiny_model(), dialogues[0], tmp_path / "shared")
+    shared = make_trainer(SharedPrefixSFTTrainer, tiny_model(), dialogues[0], tmp_path / "shared", compact=True)
     examples = [plain.train_dataset[i] for i in range(6)]
     loss, grads, _ = loss_grads_metrics(plain, plain.data_collator(examples))
     batch = shared.data_collator(examples)
