@@ -1,10 +1,10 @@
 """TRL's fused LM head, scoring only the positions that have a label on every device.
 
 TRL 1.16's SFT, DPO and GRPO trainers patch the policy (and the reference model) with
-`trl.trainer.utils.add_fused_lm_head`:
-`model(..., labels=labels, fused_lm_head=True)` returns per-token log-probabilities (and entropy, top-1, ...) of the
-labels. On a device with Triton only the labelled positions are projected; elsewhere (CPU) every position is, tile
-by tile, so that tile shapes stay fixed for compilers. A GRPO prompt with the tool schemas is about 620 tokens and its
+`trl.trainer.utils.add_fused_lm_head`: `model(..., labels=labels, fused_lm_head=True)` returns per-token
+log-probabilities (and entropy, top-1, ...) of the labels. On a device with Triton only the labelled positions are
+projected; elsewhere (CPU) every position is, tile by tile, so that tile shapes stay fixed for compilers, and TRL has
+no switch for its compact mode there, hence this wrapper (the projection is the model's own, the softmax torch's). A GRPO prompt with the tool schemas is about 620 tokens and its
 completion about 45: on CPU the head and its softmax run over all 670 positions to score 45 of them; a tool SFT
 dialogue is about 670 tokens with about 70 targets.
 
