@@ -64,12 +64,13 @@ def _beta(config: str) -> float:
     return float(yaml.safe_load(Path(config).read_text(encoding="utf-8")).get("beta", 0.1))
 
 
-def run_recipe(args, trl_head: bool = False) -> dict:
-    """`recipes/dpo.py` for `warmup + steps` optimizer steps in this process (`trl_head`: with TRL's fused LM head as
-    TRL leaves it, the recipe's `compact_trainer_heads` skipped); counts of the steps after the warm-up."""
+def run_recipe(args, mode: str = "recipe") -> dict:
+    """`recipes/dpo.py` as the row `mode` runs it (`trl`: with TRL's fused LM head as TRL leaves it, the recipe's
+    `compact_trainer_heads` skipped) for `warmup + steps` optimizer steps in this process; counts of the steps after
+    the warm-up."""
     from recipes import dpo
 
-    if trl_head:
+    if mode == "trl":
         dpo.compact_trainer_heads = lambda trainer, temperature=1.0: None
 
     def count(inputs) -> tuple[int, int, int]:

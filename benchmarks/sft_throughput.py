@@ -7,8 +7,8 @@
 All rows start from the same freshly initialised model of the preset (built once with `--seed`, saved with the
 shipped tokenizer to a temporary folder that all load), train on the same dialogues (the training split of the YAML's
 `curriculum_stage`, `sft` or `tools`, as the recipe loads it, with its seeded system-prompt and empty-think
-augmentations, or `--data FILE.jsonl`), rows cut to the same `--max_length` and `--batch_size` dialogues per step (default: the YAML's, 512 and 16 for tiny),
-on the same `--threads`. Rows, per preset:
+augmentations, or `--data FILE.jsonl`), rows cut to the same `--max_length` and `--batch_size` dialogues per step
+(default: the YAML's, 512 and 16 for tiny), on the same `--threads`. Rows, per preset:
 
 - recipe (ours): `recipes/sft.py` as a user runs it, `main(*make_parser().parse_args_and_config(argv))` with `--config`
   (default `recipes/tiny/sft.yaml`: assistant-only loss, `train_sampling_strategy: group_by_length`, so each batch holds
@@ -161,11 +161,10 @@ def time_recipe(recipe, trainer_name: str, argv: list[str], args, count) -> dict
     return result
 
 
-def run_recipe(args, unshared: bool = False, trl_head: bool = False) -> dict:
-    """`recipes/sft.py` (`unshared`: with `--shared_prefix false`; `trl_head`: that, and TRL's fused head as TRL leaves
-    it, the recipe's `compact_trainer_heads` skipped) for `warmup + steps` optimizer steps in this process; counts of
-    the steps after the warm-up."""
-
+def run_recipe(args, mode: str = "recipe") -> dict:
+    """`recipes/sft.py` as the row `mode` runs it (`unshared`: with `--shared_prefix false`; `trl`: that, and TRL's
+    fused head as TRL leaves it, the recipe's `compact_trainer_heads` skipped) for `warmup + steps` optimizer steps in
+    this process; counts of the steps after the warm-up."""
     from recipes import sft
 
     def count(inputs) -> tuple[int, int, int]:
@@ -177,12 +176,12 @@ def run_recipe(args, unshared: bool = False, trl_head: bool = False) -> dict:
         return int((labels[:, 1:] != -100).sum()), labels.numel(), non_pad
 
     argv = ["--config", args.config, "--model_name_or_path", args._model, "--replay_docs", "0"]
-    argv += ["--shared_prefix", "false"] if unshared or trl_head else []
+    argv += ["--shared_prefix", "false"] if mode in ("unshared", "trl") else []
     argv += ["--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size)]
     argv += ["--seed", str(args.seed)] + (["--dataset_files", args.data] if args.data else [])
-    if trl_head:
+    if mode == "trl":
         sft.compact_trainer_heads = lambda trainer, temperature=1.0: None
-    shared = args._shared_prefix and not (unshared or trl_head)
+    shared = args._shared_prefix and mode == "recipe"
     return time_recipe(sft, "SharedPrefixSFTTrainer" if shared else "SFTTrainer", argv, args, count)
 
 
@@ -313,7 +312,8 @@ def format_table(rows: list[dict]) -> str:
 def stage_of(namespace: dict) -> types.SimpleNamespace:
     """A stage for `main` from a benchmark script's `globals()` (tests load scripts from their paths, so a script need
     not be in `sys.modules`): its `__doc__`, `__file__`, `CONFIG`, `DATA` (the default data, in words), `run_recipe`
-    and `run_upstream` (each `(args) -> result dict`), and its `MODES` (default: recipe and upstream)."""
+    (`(args, mode) -> result dict`, for every mode but upstream), `run_upstream` (`(args) -> result dict`) and its
+    `MODES` (default: recipe and upstream)."""
     names = ("__doc__", "__file__", "CONFIG", "DATA", "run_recipe", "run_upstream")
     stage = types.SimpleNamespace(**{name: namespace[name] for name in names})
     stage.MODES = namespace.get("MODES", ("recipe", "upstream"))
@@ -354,12 +354,7 @@ def main(argv: list[str] | None = None, stage: types.SimpleNamespace | None = No
     args._stage = shipped.get("curriculum_stage", "sft")
     args._shared_prefix = bool(shipped.get("shared_prefix"))
     if args._worker:
-        if args._worker == "upstream":
-            result = stage.run_upstream(args)
-        elif args._worker in ("unshared", "trl"):
-            result = stage.run_recipe(args, **{"unshared" if args._worker == "unshared" else "trl_head": True})
-        else:
-            result = stage.run_recipe(args)
+        result = stage.run_upstream(args) if args._worker == "upstream" else stage.run_recipe(args, args._worker)
         Path(args._result).write_text(json.dumps(result), encoding="utf-8")
         return [result]
 

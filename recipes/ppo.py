@@ -225,11 +225,11 @@ class PPOTrainer(RolloutTrainer):
         net.eval()
         try:
             with torch.no_grad(), self.compute_loss_context_manager():
-                logits, values = net(**inputs, logits_to_keep=self._kept(inputs, width))
+                logits, values = net(**inputs, logits_to_keep=self._kept(inputs["input_ids"], width))
                 old_logp = self._completion_logps(logits, inputs["input_ids"], width)
                 ref_logp = None
                 if self.ref_model is not None:
-                    ref_logits = self.ref_model(**inputs, logits_to_keep=self._kept(inputs, width)).logits
+                    ref_logits = self.ref_model(**inputs, logits_to_keep=self._kept(inputs["input_ids"], width)).logits
                     ref_logp = self._completion_logps(ref_logits, inputs["input_ids"], width)
         finally:
             net.train(was_training)
@@ -280,7 +280,7 @@ class PPOTrainer(RolloutTrainer):
         batch = {k: v[rows] for k, v in b["inputs"].items()}
         mask = b["mask"][rows]
         with self.compute_loss_context_manager():
-            logits, values = model(**batch, logits_to_keep=self._kept(batch, b["width"]))
+            logits, values = model(**batch, logits_to_keep=self._kept(batch["input_ids"], b["width"]))
         logp = self._completion_logps(logits, batch["input_ids"], b["width"])
         values = values[:, b["width"] - 1 : -1].float()
         ref_logp = b["ref_logp"][rows] if b["ref_logp"] is not None else None

@@ -118,9 +118,9 @@ def test_completion_log_probs_from_the_kept_logits_equal_those_from_every_positi
     model = tiny_model()
     input_ids = torch.randint(3, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(0))
     inputs, width = {"input_ids": input_ids}, 22
-    trainer = SimpleNamespace(args=SimpleNamespace(temperature=0.7))
+    trainer = SimpleNamespace(args=SimpleNamespace(temperature=0.7), _kept=RolloutTrainer._kept)
     full = RolloutTrainer._completion_logps(trainer, model(**inputs).logits, input_ids, width)
-    kept_logits = model(**inputs, logits_to_keep=RolloutTrainer._kept(inputs, width)).logits
+    kept_logits = model(**inputs, logits_to_keep=RolloutTrainer._kept(input_ids, width)).logits
     assert kept_logits.shape[1] == 30 - width + 1
     kept = RolloutTrainer._completion_logps(trainer, kept_logits, input_ids, width)
     assert full.shape == (2, 30 - width)

@@ -61,7 +61,9 @@ def test_loss_gradients_and_metrics_are_trls(dialogues, variant, which, tmp_path
     transformers' Mixtral-style balance loss in place of the model's own, see the next test)."""
     dataset = dialogues[which]
     reference = make_trainer(SFTTrainer, tiny_model(variant, router_aux_loss_coef=0.0), dataset, tmp_path / "trl")
-    ours = make_trainer(SFTTrainer, tiny_model(variant, router_aux_loss_coef=0.0), dataset, tmp_path / "o", True)
+    ours = make_trainer(
+        SFTTrainer, tiny_model(variant, router_aux_loss_coef=0.0), dataset, tmp_path / "o", compact=True
+    )
     batch = reference.data_collator([reference.train_dataset[i] for i in range(6)])
     targets = int((batch["labels"][:, 1:] != -100).sum())
     assert targets < 0.5 * batch["labels"].numel()  # most positions carry no target

@@ -32,7 +32,9 @@ def compact_fused_lm_head(model, temperature: float = 1.0) -> None:
     trl_forward = model.forward
     own_forward = type(model).forward.__get__(model)
     config = model.config.get_text_config()
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+    # Soft-capped or scaled logits (TRL reads these attributes): TRL's head alone knows those models.
+    scaling = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+    if any(getattr(config, name, None) is not None for name in scaling):
         return
 
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
@@ -78,7 +80,7 @@ def compact_fused_lm_head(model, temperature: float = 1.0) -> None:
             entropy=full(entropy),
             log_sum_sq_probs=full(log_sum_sq_probs),
             mean_logits=full(mean_logits),
-            is_top1=full(is_top1.to(logits.dtype)).bool(),
+            is_top1=full(is_top1),
             label_mask=mask,
             aux_loss=aux_loss,
         )

@@ -125,20 +125,20 @@ class RolloutTrainer(Trainer):
         """Log-probs of each completion's tokens after its prompt (tempered logits): `(logp, mask)`, both
         `(batch, tokens)`; mask is 1 on each completion's own tokens."""
         inputs, width = self._model_inputs(prompt_ids, completions)
-        logits = model(**inputs, logits_to_keep=self._kept(inputs, width)).logits
+        logits = model(**inputs, logits_to_keep=self._kept(inputs["input_ids"], width)).logits
         logp = self._completion_logps(logits, inputs["input_ids"], width)
         return logp, inputs["attention_mask"][:, width:]
 
     @staticmethod
-    def _kept(inputs: dict, width: int) -> int:
+    def _kept(input_ids: torch.Tensor, width: int) -> int:
         """The `logits_to_keep` that scores the completions after position `width`: the LM head runs on the last
         prompt position and the completion positions only, not on the prompts."""
-        return inputs["input_ids"].shape[1] - width + 1
+        return input_ids.shape[1] - width + 1
 
     def _completion_logps(self, logits: torch.Tensor, input_ids: torch.Tensor, width: int) -> torch.Tensor:
         """Log-probs of the tokens after position `width` (the completions) under `logits` divided by `temperature`;
         `logits` covers every position or the last `_kept` ones."""
-        logits = logits[:, -(input_ids.shape[1] - width + 1) : -1].float() / self.args.temperature
+        logits = logits[:, -self._kept(input_ids, width) : -1].float() / self.args.temperature
         targets = input_ids[:, width:]
         return torch.gather(torch.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
 
